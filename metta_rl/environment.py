@@ -1,0 +1,133 @@
+"""EnvironmentManager: owns the vectorized env, its seeding and the batch geometry."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium
+import numpy as np
+import pufferlib
+import pufferlib.vector
+
+from metta_rl.config import ConfigError, EnvConfig, VectorizationConfig
+from metta_rl.envs import make_creators
+
+log = logging.getLogger(__name__)
+
+TRAIN_STREAM = 0
+EVAL_STREAM = 1
+
+
+class EnvError(RuntimeError):
+    """An environment could not be built or failed while stepping."""
+
+
+@dataclass
+class EnvBatch:
+    """One received batch: zero-copy views of the vector env's shared buffers.
+
+    The views are only valid until the next ``send``: copy what must be kept.
+    """
+
+    obs: np.ndarray
+    rewards: np.ndarray
+    terminals: np.ndarray
+    truncations: np.ndarray
+    masks: np.ndarray
+    rows: slice
+    infos: list[dict[str, Any]]
+
+
+class EnvironmentManager:
+    """Builds ``pufferlib.vector`` over our env creators and exposes recv/send on agent rows.
+
+    ``num_agents`` is every agent of every env (the rows of the experience buffer);
+    ``agents_per_batch`` is how many of them one ``recv`` returns (all of them unless
+    Multiprocessing runs asynchronously with ``batch_size < num_envs``).
+    """
+
+    def __init__(
+        self,
+        *,
+        env: EnvConfig,
+        vectorization: VectorizationConfig,
+        seed: int,
+        stream: int = TRAIN_STREAM,
+        render_mode: str | None = None,
+    ) -> None:
+        self.env_config = env
+        self.seed = seed
+        num_envs = vectorization.num_envs
+        creators = make_creators(
+            env.kind, env.id, env.kwargs, seed=seed, stream=stream, num_envs=num_envs, render_mode=render_mode
+        )
+        kwargs: dict[str, Any] = {}
+        if vectorization.backend == "multiprocessing":
+            backend = pufferlib.vector.Multiprocessing
+            kwargs = dict(
+                num_workers=vectorization.num_workers,
+                batch_size=vectorization.envs_per_batch,
+                zero_copy=True,
+                overwork=True,
+            )
+        else:
+            backend = pufferlib.vector.Serial
+        try:
+            self.vecenv = pufferlib.vector.make(
+                creators,
+                env_args=[[] for _ in range(num_envs)],
+                env_kwargs=[{} for _ in range(num_envs)],
+                backend=backend,
+                num_envs=num_envs,
+                **kwargs,
+            )
+        except ConfigError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any env construction failure, named
+            raise EnvError(f"env {env.name!r} ({env.kind}:{env.id}) could not be created: {exc}") from exc
+        self.backend = vectorization.backend
+        self.observation_space: gymnasium.spaces.Box = self.vecenv.single_observation_space
+        self.action_space: gymnasium.Space = self.vecenv.single_action_space
+        self.num_agents: int = int(self.vecenv.num_agents)
+        self.agents_per_batch: int = int(self.vecenv.agents_per_batch)
+        self.single_action = isinstance(self.action_space, gymnasium.spaces.Discrete)
+        self._closed = False
+
+    def horizon(self, batch_size: int) -> int:
+        """Steps per agent row per epoch for a batch of ``batch_size`` agent steps."""
+        if batch_size % self.num_agents:
+            raise ConfigError(
+                f"trainer.batch_size={batch_size} is invalid: expected a multiple of the agent count "
+                f"({self.num_agents} = vectorization.num_envs x agents per env)"
+            )
+        return batch_size // self.num_agents
+
+    def reset(self) -> None:
+        """Start every env (pufferlib's seed is replaced by each env's own, see envs.py)."""
+        self.vecenv.async_reset(self.seed)
+
+    def recv(self) -> EnvBatch:
+        obs, rewards, terminals, truncations, _teacher, infos, agent_ids, masks = self.vecenv.recv()
+        start = int(agent_ids[0])
+        return EnvBatch(obs, rewards, terminals, truncations, masks, slice(start, start + len(agent_ids)), infos)
+
+    def send(self, actions: np.ndarray) -> None:
+        """``actions`` is ``[agents, heads]``; a Discrete space takes the single column."""
+        self.vecenv.send(actions[:, 0] if self.single_action else actions)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.vecenv.close()
+        except Exception as exc:  # noqa: BLE001 - closing must not mask the original error
+            log.warning("closing env %s failed: %s", self.env_config.name, exc)
+        # pufferlib terminates its workers but does not wait for them: reap them here.
+        for proc in getattr(self.vecenv, "processes", ()):
+            proc.join(timeout=5)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(timeout=5)

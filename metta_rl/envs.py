@@ -1,0 +1,149 @@
+"""Environment factories: one picklable creator per env, for ``pufferlib.vector.make``.
+
+Gymnasium and PettingZoo envs go through pufferlib's emulation layer; MettaGrid is a native
+PufferEnv. Seeding is ours, not pufferlib's: pufferlib gives env ``j`` of worker ``w`` the reset
+seed ``seed + w + j``, so two envs in different workers can share a seed. Instead every env gets
+``SeedSequence([seed, stream, env_index])`` on each explicit reset (``stream`` separates the
+training envs from the evaluation envs), and continues its own RNG on the automatic resets
+between episodes.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium
+import numpy as np
+import pufferlib.emulation
+
+from metta_rl.config import ConfigError
+
+METTAGRID_PRESETS = ("arena", "navigation")
+
+
+def env_seed(seed: int, stream: int, env_index: int) -> int:
+    """The reset seed of one env: distinct per (run seed, stream, env index)."""
+    return int(np.random.SeedSequence([seed, stream, env_index]).generate_state(1)[0])
+
+
+def check_env_id(kind: str, env_id: str) -> None:
+    """Fail at config time, with one line, for an env id that cannot be built."""
+    if kind == "gym":
+        if env_id not in gymnasium.registry:
+            close = [k for k in gymnasium.registry if k.lower().startswith(env_id.lower()[:4])][:5]
+            hint = f" (close: {', '.join(close)})" if close else ""
+            raise ConfigError(f"env.id={env_id!r} is invalid: expected a registered Gymnasium id{hint}")
+    elif kind == "pettingzoo":
+        _resolve_callable(env_id)
+    elif kind == "mettagrid":
+        if env_id not in METTAGRID_PRESETS:
+            raise ConfigError(
+                f"env.id={env_id!r} is invalid: expected a MettaGrid preset, one of {', '.join(METTAGRID_PRESETS)}"
+            )
+
+
+def _resolve_callable(path: str) -> Any:
+    module_name, _, attr = path.partition(":")
+    if not attr:
+        raise ConfigError(f"env.id={path!r} is invalid: expected 'module:callable' for a PettingZoo env")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"env.id={path!r} is invalid: cannot import {module_name!r} ({exc})") from None
+    if not callable(getattr(module, attr, None)):
+        raise ConfigError(f"env.id={path!r} is invalid: {module_name!r} has no callable {attr!r}")
+    return getattr(module, attr)
+
+
+class _SeededGymReset(gymnasium.Wrapper):
+    """Gymnasium wrapper that replaces pufferlib's reset seed with the env's own seed."""
+
+    def __init__(self, env: gymnasium.Env, seed: int) -> None:
+        super().__init__(env)
+        self._own_seed = seed
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        return self.env.reset(seed=self._own_seed if seed is not None else None, options=options)
+
+
+class _SeededParallelEnv:
+    """PettingZoo ParallelEnv proxy that replaces pufferlib's reset seed with the env's own seed."""
+
+    def __init__(self, env: Any, seed: int) -> None:
+        self._env = env
+        self._own_seed = seed
+
+    def reset(self, seed: int | None = None, options: dict | None = None):
+        return self._env.reset(seed=self._own_seed if seed is not None else None, options=options)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._env, name)
+
+
+@dataclass(frozen=True)
+class EnvCreator:
+    """Builds one env for pufferlib.vector; picklable, so Multiprocessing workers can call it."""
+
+    kind: str
+    env_id: str
+    kwargs: tuple[tuple[str, Any], ...]
+    seed: int
+    stream: int
+    env_index: int
+    render_mode: str | None = None
+
+    def __call__(self, buf: Any = None, seed: int | None = None) -> Any:  # noqa: ARG002 (pufferlib's seed)
+        own_seed = env_seed(self.seed, self.stream, self.env_index)
+        kwargs = dict(self.kwargs)
+        if self.kind == "gym":
+            if self.render_mode is not None:
+                kwargs["render_mode"] = self.render_mode
+            env = _SeededGymReset(gymnasium.make(self.env_id, **kwargs), own_seed)
+            return pufferlib.emulation.GymnasiumPufferEnv(env=env, buf=buf)
+        if self.kind == "pettingzoo":
+            env = _SeededParallelEnv(_resolve_callable(self.env_id)(**kwargs), own_seed)
+            return pufferlib.emulation.PettingZooPufferEnv(env=env, buf=buf)
+        if self.kind == "mettagrid":
+            return _make_mettagrid(self.env_id, kwargs, buf, own_seed)
+        raise ConfigError(f"env.kind={self.kind!r} is invalid")
+
+
+def _make_mettagrid(preset: str, kwargs: dict[str, Any], buf: Any, seed: int) -> Any:
+    from mettagrid.builder.envs import make_arena, make_navigation
+    from mettagrid.simulator import Simulator
+
+    num_agents = int(kwargs.pop("num_agents", 4))
+    max_steps = kwargs.pop("max_steps", None)
+    if kwargs:
+        raise ConfigError(f"env.kwargs has unknown MettaGrid keys {sorted(kwargs)}: expected num_agents, max_steps")
+    cfg = {"arena": make_arena, "navigation": make_navigation}[preset](num_agents=num_agents)
+    if max_steps is not None:
+        cfg.game.max_steps = int(max_steps)
+    return _seeded_mettagrid_class()(Simulator(), cfg, buf=buf, seed=seed)
+
+
+@functools.cache
+def _seeded_mettagrid_class() -> type:
+    """Built on first use: importing mettagrid costs about a second."""
+    from mettagrid.envs.mettagrid_puffer_env import MettaGridPufferEnv
+
+    class SeededMettaGrid(MettaGridPufferEnv):
+        """Keeps its construction seed on explicit resets (see module docstring)."""
+
+        def reset(self, seed: int | None = None):
+            return super().reset(seed=self._current_seed if seed is not None else None)
+
+    return SeededMettaGrid
+
+
+def make_creators(
+    kind: str, env_id: str, kwargs: dict[str, Any], *, seed: int, stream: int, num_envs: int,
+    render_mode: str | None = None,
+) -> list[EnvCreator]:
+    frozen = tuple(sorted(kwargs.items()))
+    return [
+        EnvCreator(kind, env_id, frozen, seed, stream, i, render_mode) for i in range(num_envs)
+    ]

@@ -1,0 +1,172 @@
+"""Actor-critic policies for flat observations: an MLP, optionally with an LSTM core.
+
+Observations of any Box shape are flattened; uint8 observations (MettaGrid tokens, pixels)
+are scaled to [0, 1]. Actions are one or more categorical heads: ``Discrete(n)`` is one head
+of ``n``, ``MultiDiscrete(nvec)`` one head per entry. Actions are always carried as int64
+tensors of shape ``[batch, heads]``.
+
+Initialization follows the PPO implementation details (Huang et al. 2022): orthogonal weights,
+gain sqrt(2) in hidden layers, 0.01 for the policy head (near-uniform initial policy) and 1 for
+the value head; zero biases.
+"""
+
+from __future__ import annotations
+
+import math
+
+import gymnasium
+import numpy as np
+import torch
+from torch import nn
+
+from metta_rl.config import ConfigError, PolicyConfig
+
+LSTMState = tuple[torch.Tensor, torch.Tensor]
+
+_ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "gelu": nn.GELU}
+
+
+def action_nvec(space: gymnasium.Space) -> list[int]:
+    """Number of choices per categorical head, or a one-line error for unsupported spaces."""
+    if isinstance(space, gymnasium.spaces.Discrete):
+        return [int(space.n)]
+    if isinstance(space, gymnasium.spaces.MultiDiscrete) and space.nvec.ndim == 1:
+        return [int(n) for n in space.nvec]
+    raise ConfigError(
+        f"action space {space} is not supported: expected Discrete or MultiDiscrete (one dimension)"
+    )
+
+
+def _layer(in_size: int, out_size: int, gain: float) -> nn.Linear:
+    layer = nn.Linear(in_size, out_size)
+    nn.init.orthogonal_(layer.weight, gain)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+def _mlp(in_size: int, sizes: list[int], activation: str) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for size in sizes:
+        layers += [_layer(in_size, size, math.sqrt(2)), _ACTIVATIONS[activation]()]
+        in_size = size
+    return nn.Sequential(*layers)
+
+
+class ActorCritic(nn.Module):
+    """Categorical actor and scalar critic over flattened observations."""
+
+    def __init__(self, *, obs_space: gymnasium.spaces.Box, action_space: gymnasium.Space, config: PolicyConfig):
+        super().__init__()
+        if not isinstance(obs_space, gymnasium.spaces.Box):
+            raise ConfigError(f"observation space {obs_space} is not supported: expected a Box")
+        self.obs_shape = tuple(obs_space.shape)
+        self.obs_size = int(np.prod(self.obs_shape))
+        self.obs_scale = 1.0 / 255.0 if obs_space.dtype == np.uint8 else None
+        self.nvec = action_nvec(action_space)
+        self.is_recurrent = config.lstm
+        hidden = config.hidden_sizes
+        separate = not config.shared_trunk and not config.lstm
+
+        self.encoder = _mlp(self.obs_size, hidden, config.activation)
+        self.critic_encoder = _mlp(self.obs_size, hidden, config.activation) if separate else None
+        core_size = hidden[-1]
+        if config.lstm:
+            self.lstm = nn.LSTMCell(core_size, config.lstm_hidden_size)
+            for name, param in self.lstm.named_parameters():
+                if "weight" in name:
+                    nn.init.orthogonal_(param, 1.0)
+                else:
+                    nn.init.zeros_(param)
+            core_size = config.lstm_hidden_size
+        else:
+            self.lstm = None
+        self.actor = _layer(core_size, sum(self.nvec), 0.01)
+        self.critic = _layer(core_size, 1, 1.0)
+
+    # ------------------------------------------------------------------ features
+    def _flat(self, obs: torch.Tensor) -> torch.Tensor:
+        x = obs.reshape(obs.shape[0], self.obs_size)
+        if self.obs_scale is not None:
+            return x.float() * self.obs_scale
+        return x if x.dtype == torch.float32 else x.float()
+
+    def initial_state(self, batch: int, device: torch.device | str = "cpu") -> LSTMState | None:
+        if self.lstm is None:
+            return None
+        size = self.lstm.hidden_size
+        return torch.zeros(batch, size, device=device), torch.zeros(batch, size, device=device)
+
+    def forward_step(
+        self, obs: torch.Tensor, state: LSTMState | None = None, first: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, LSTMState | None]:
+        """One step for a batch of agents: ``(logits, value, new_state)``.
+
+        ``first`` (float, 1 where an episode starts) zeroes the recurrent state of those agents
+        before the step, so memory never crosses an episode boundary.
+        """
+        x = self._flat(obs)
+        hidden = self.encoder(x)
+        if self.lstm is not None:
+            assert state is not None
+            h, c = state
+            if first is not None:
+                keep = (1.0 - first).unsqueeze(-1)
+                h, c = h * keep, c * keep
+            h, c = self.lstm(hidden, (h, c))
+            hidden, state = h, (h, c)
+        value_in = self.critic_encoder(x) if self.critic_encoder is not None else hidden
+        return self.actor(hidden), self.critic(value_in).squeeze(-1), state
+
+    def forward_sequence(
+        self, obs: torch.Tensor, state: LSTMState | None, first: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and values for ``[rows, T, ...]`` observations, replaying the recurrent state
+        from ``state`` (the state before column 0) with resets where ``first`` is 1."""
+        rows, steps = obs.shape[:2]
+        if self.lstm is None:
+            logits, values, _ = self.forward_step(obs.reshape(rows * steps, *obs.shape[2:]))
+            return logits.view(rows, steps, -1), values.view(rows, steps)
+        assert state is not None
+        hidden = self.encoder(self._flat(obs.reshape(rows * steps, *obs.shape[2:]))).view(rows, steps, -1)
+        h, c = state
+        outs = []
+        for t in range(steps):
+            keep = (1.0 - first[:, t]).unsqueeze(-1)
+            h, c = self.lstm(hidden[:, t], (h * keep, c * keep))
+            outs.append(h)
+        core = torch.stack(outs, dim=1)
+        return self.actor(core), self.critic(core).squeeze(-1)
+
+
+# ---------------------------------------------------------------------- action heads
+def sample_actions(
+    logits: torch.Tensor, nvec: list[int], *, deterministic: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample (or take the argmax of) each head: ``(actions [B, heads] int64, logprob [B])``."""
+    if len(nvec) == 1:
+        logp = torch.log_softmax(logits, dim=-1)
+        if deterministic:
+            actions = logp.argmax(dim=-1, keepdim=True)
+        else:
+            actions = torch.multinomial(logp.exp(), 1)
+        return actions, logp.gather(-1, actions).squeeze(-1)
+    acts, logps = [], []
+    for head in torch.split(logits, nvec, dim=-1):
+        a, lp = sample_actions(head, [head.shape[-1]], deterministic=deterministic)
+        acts.append(a)
+        logps.append(lp)
+    return torch.cat(acts, dim=-1), torch.stack(logps, dim=-1).sum(-1)
+
+
+def logprob_entropy(logits: torch.Tensor, actions: torch.Tensor, nvec: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probability of ``actions`` and entropy, summed over heads. Shapes ``[..., heads]`` -> ``[...]``."""
+    if len(nvec) == 1:
+        logp = torch.log_softmax(logits, dim=-1)
+        entropy = -(logp.exp() * logp).sum(-1)
+        return logp.gather(-1, actions).squeeze(-1), entropy
+    lps, ents = [], []
+    for i, head in enumerate(torch.split(logits, nvec, dim=-1)):
+        lp, ent = logprob_entropy(head, actions[..., i : i + 1], [head.shape[-1]])
+        lps.append(lp)
+        ents.append(ent)
+    return torch.stack(lps, -1).sum(-1), torch.stack(ents, -1).sum(-1)

@@ -1,0 +1,121 @@
+"""The PPO math, as pure functions of tensors. Managers call these; none re-implements them.
+
+Buffer layout used throughout: tensors of shape ``[rows, T]``, one row per agent, time along
+the second axis. ``values`` has ``T + 1`` columns: column ``T`` is the value of the observation
+that follows the last stored step, the bootstrap for whatever is still running.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+
+def compute_gae(
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    terminated: torch.Tensor,
+    truncated: torch.Tensor,
+    *,
+    gamma: float,
+    gae_lambda: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalized advantage estimates and value targets.
+
+    ``rewards[:, t]``, ``terminated[:, t]`` and ``truncated[:, t]`` are the outcome of the action
+    taken at step ``t``; ``values[:, t]`` is V(obs_t) and ``values[:, t + 1]`` V(obs_{t+1}).
+
+    Truncation: when the episode is cut by a time limit at step ``t``, obs_{t+1} is the last
+    observation of that episode (pufferlib delivers it before resetting the env), so the TD
+    target bootstraps from its value: ``r_t + gamma * V(obs_{t+1})``. Termination: the episode
+    really ended, nothing follows, the target is ``r_t``. Either way the advantage recursion is
+    cut at ``t``, so nothing from the next episode leaks into this one.
+
+    Returns ``(advantages, returns)``, both ``[rows, T]``, with ``returns = advantages + V``.
+    """
+    num_steps = rewards.shape[1]
+    not_terminated = 1.0 - terminated.float()
+    not_done = 1.0 - torch.maximum(terminated.float(), truncated.float())
+    deltas = rewards + gamma * values[:, 1:] * not_terminated - values[:, :-1]
+    advantages = torch.zeros_like(rewards)
+    last = torch.zeros_like(rewards[:, 0])
+    decay = not_done * (gamma * gae_lambda)
+    for t in range(num_steps - 1, -1, -1):
+        last = deltas[:, t] + decay[:, t] * last
+        advantages[:, t] = last
+    return advantages, advantages + values[:, :-1]
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    if mask is None:
+        return x.mean()
+    return (x * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def normalize_advantages(advantages: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Zero mean, unit std over the valid entries (per minibatch, as in CleanRL and SB3)."""
+    mean = masked_mean(advantages, mask)
+    var = masked_mean((advantages - mean) ** 2, mask)
+    return (advantages - mean) / (var.sqrt() + 1e-8)
+
+
+class PPOLosses(NamedTuple):
+    policy_loss: torch.Tensor
+    value_loss: torch.Tensor
+    entropy: torch.Tensor
+    approx_kl: torch.Tensor
+    clip_fraction: torch.Tensor
+
+
+def ppo_loss(
+    *,
+    new_logprob: torch.Tensor,
+    old_logprob: torch.Tensor,
+    advantages: torch.Tensor,
+    entropy: torch.Tensor,
+    new_values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    clip_coef: float,
+    clip_vloss: bool = False,
+    vf_clip_coef: float = 10.0,
+    mask: torch.Tensor | None = None,
+) -> PPOLosses:
+    """The terms of the PPO objective, each a scalar (masked mean over valid steps).
+
+    policy_loss = mean(max(-A * r, -A * clip(r, 1 - c, 1 + c))), r = exp(new_lp - old_lp)
+    value_loss  = 0.5 * mean((V - R)^2), or with ``clip_vloss`` the larger of that and the
+                  loss of V clipped to within ``vf_clip_coef`` of the old value
+    entropy     = mean(entropy)
+    approx_kl   = mean((r - 1) - log r), the low-variance k3 estimator of KL(old || new)
+    clip_fraction = share of steps with |r - 1| > c
+    """
+    logratio = new_logprob - old_logprob
+    ratio = logratio.exp()
+    pg1 = -advantages * ratio
+    pg2 = -advantages * ratio.clamp(1.0 - clip_coef, 1.0 + clip_coef)
+    policy_loss = masked_mean(torch.maximum(pg1, pg2), mask)
+
+    v_err = (new_values - returns) ** 2
+    if clip_vloss:
+        v_clipped = old_values + (new_values - old_values).clamp(-vf_clip_coef, vf_clip_coef)
+        v_err = torch.maximum(v_err, (v_clipped - returns) ** 2)
+    value_loss = 0.5 * masked_mean(v_err, mask)
+
+    with torch.no_grad():
+        approx_kl = masked_mean((ratio - 1.0) - logratio, mask)
+        clip_fraction = masked_mean(((ratio - 1.0).abs() > clip_coef).float(), mask)
+    return PPOLosses(policy_loss, value_loss, masked_mean(entropy, mask), approx_kl, clip_fraction)
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor | None = None) -> float:
+    """1 - Var(R - V) / Var(R): 1 is a perfect critic, 0 no better than a constant, NaN if Var(R)=0."""
+    ret_mean = masked_mean(returns, mask)
+    var_ret = masked_mean((returns - ret_mean) ** 2, mask)
+    err = returns - values
+    err_mean = masked_mean(err, mask)
+    var_err = masked_mean((err - err_mean) ** 2, mask)
+    if var_ret.item() == 0.0:
+        return float("nan")
+    return float(1.0 - var_err / var_ret)

@@ -1,0 +1,147 @@
+"""RolloutManager: fills the experience buffer from the env with the current policy.
+
+It owns the buffer, the recurrent state of every agent row and the episode accumulators.
+One ``collect`` is one epoch of experience; it returns what happened (steps, finished
+episodes, env info stats, time split) and leaves the data in ``buffer`` for the update.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from numbers import Number
+from typing import Any
+
+import numpy as np
+import torch
+
+from metta_rl.buffer import ExperienceBuffer
+from metta_rl.environment import EnvironmentManager
+from metta_rl.episodes import EpisodeTracker
+from metta_rl.policy import ActorCritic, sample_actions
+from metta_rl.progress import TrainingProgress
+
+
+@dataclass
+class RolloutResult:
+    agent_steps: int
+    episode_returns: list[float] = field(default_factory=list)
+    episode_lengths: list[int] = field(default_factory=list)
+    env_info: dict[str, list[float]] = field(default_factory=dict)
+    env_seconds: float = 0.0
+    inference_seconds: float = 0.0
+
+    @property
+    def episodes(self) -> int:
+        return len(self.episode_returns)
+
+
+class RolloutManager:
+    def __init__(self, *, env: EnvironmentManager, policy: ActorCritic, horizon: int, device: torch.device) -> None:
+        self.env = env
+        self.device = device
+        self.nvec = policy.nvec
+        self.buffer = ExperienceBuffer(
+            rows=env.num_agents,
+            horizon=horizon,
+            obs_shape=tuple(env.observation_space.shape),
+            obs_dtype=env.observation_space.dtype,
+            num_heads=len(policy.nvec),
+            lstm_size=policy.lstm.hidden_size if policy.lstm is not None else None,
+        )
+        self.episodes = EpisodeTracker(env.num_agents)
+        self.state = policy.initial_state(env.num_agents, device)
+        self._started = False
+
+    def collect(self, policy: ActorCritic, progress: TrainingProgress) -> RolloutResult:  # noqa: ARG002
+        """Step the env until every row holds ``horizon + 1`` steps."""
+        buf = self.buffer
+        env = self.env
+        if not self._started:
+            env.reset()
+            self._started = True
+        if buf.full:
+            buf.carry_last_column()
+        result = RolloutResult(agent_steps=buf.rows * buf.horizon)
+        horizon = buf.horizon
+        on_cpu = self.device.type == "cpu"
+        env_s = infer_s = 0.0
+        policy.eval()
+        tick = time.perf_counter()
+        while not buf.full:
+            batch = env.recv()
+            now = time.perf_counter()
+            env_s += now - tick
+            tick = now
+            rows = batch.rows
+            col = int(buf.col[rows.start])
+            if col > horizon:
+                raise RuntimeError(
+                    f"agent rows {rows.start}-{rows.stop - 1} returned after their buffer rows were full; "
+                    "the vector env must return batches round-robin (pufferlib sync_traj)"
+                )
+            if col > 0:
+                buf.np_rewards[rows, col - 1] = batch.rewards
+                buf.np_terminated[rows, col - 1] = batch.terminals
+                buf.np_truncated[rows, col - 1] = batch.truncations
+            valid, first, finished = self.episodes.observe(
+                rows, batch.rewards, batch.terminals, batch.truncations, batch.masks
+            )
+            if finished is not None:
+                result.episode_returns.extend(finished.returns.tolist())
+                result.episode_lengths.extend(finished.lengths.tolist())
+            if batch.infos:
+                _collect_infos(batch.infos, result.env_info)
+            buf.np_obs[rows, col] = batch.obs
+            buf.np_valid[rows, col] = valid
+            buf.np_first[rows, col] = first
+            with torch.inference_mode():
+                obs = buf.obs[rows, col]
+                state = first_t = None
+                if self.state is not None:
+                    state = (self.state[0][rows], self.state[1][rows])
+                    # State before column 0 is what training replays from; the state before
+                    # column T is that of the carried column, i.e. next epoch's column 0.
+                    target = buf.state0 if col == 0 else buf.next_state0 if col == horizon else None
+                    if target is not None:
+                        target[0][rows] = state[0].cpu()
+                        target[1][rows] = state[1].cpu()
+                    first_t = buf.first[rows, col].to(self.device)
+                if not on_cpu:
+                    obs = obs.to(self.device, non_blocking=True)
+                logits, value, new_state = policy.forward_step(obs, state, first_t)
+                actions, logprob = sample_actions(logits, self.nvec)
+                if new_state is not None:
+                    self.state[0][rows] = new_state[0]
+                    self.state[1][rows] = new_state[1]
+                actions = actions.cpu()
+                buf.actions[rows, col] = actions
+                buf.logprobs[rows, col] = logprob.cpu()
+                buf.values[rows, col] = value.cpu()
+            buf.col[rows] = col + 1
+            now = time.perf_counter()
+            infer_s += now - tick
+            tick = now
+            env.send(actions.numpy())
+        env_s += time.perf_counter() - tick
+        result.env_seconds = env_s
+        result.inference_seconds = infer_s
+        return result
+
+
+def _collect_infos(infos: list[dict[str, Any]], into: dict[str, list[float]]) -> None:
+    """Numeric entries of the envs' info dicts (nested keys joined by '/'), for env/ stats."""
+    for info in infos:
+        for key, value in _flatten(info, ""):
+            into.setdefault(key, []).append(float(value))
+
+
+def _flatten(d: dict[str, Any], prefix: str):
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            yield from _flatten(value, name + "/")
+        elif isinstance(value, (Number, np.number)) and not isinstance(value, bool):
+            yield name, value
+        elif isinstance(value, np.ndarray) and value.size and value.dtype.kind in "fiu":
+            yield name, float(value.mean())

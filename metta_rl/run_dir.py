@@ -1,0 +1,87 @@
+"""The run directory ``<runs_dir>/<run>/``: resolved config, metrics.jsonl, summary.json.
+
+Nothing is written until the trainer is fully set up, so a bad config or a missing env never
+leaves a half-made run, and an existing run is never written into by a new one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from metta_rl.hooks import Hook
+from metta_rl.progress import TrainingProgress
+
+RECORD_FILES = ("config.yaml", "metrics.jsonl", "summary.json")
+
+
+class RunExistsError(FileExistsError):
+    pass
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write via a temp file in the same folder, fsync, rename: never a half-written file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class RunDirectory:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    def check_new(self) -> None:
+        existing = [name for name in RECORD_FILES if (self.path / name).exists()]
+        if existing:
+            raise RunExistsError(
+                f"run directory {self.path} already holds a run ({', '.join(existing)}): choose another run= name"
+            )
+
+    def create(self, config: dict[str, Any]) -> None:
+        self.check_new()
+        self.path.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.path / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+
+    def append_metrics(self, metrics: dict[str, Any]) -> None:
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(_jsonable(metrics)) + "\n")
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        atomic_write_text(self.path / "summary.json", json.dumps(_jsonable(summary), indent=2) + "\n")
+
+
+class MetricsFileHook(Hook):
+    """Appends every epoch's metrics to ``metrics.jsonl``: a record that needs no service."""
+
+    def __init__(self, run_dir: RunDirectory) -> None:
+        self.run_dir = run_dir
+
+    def on_epoch_end(self, *, progress: TrainingProgress, metrics: dict[str, float]) -> None:  # noqa: ARG002
+        self.run_dir.append_metrics(metrics)
