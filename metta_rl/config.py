@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
@@ -31,7 +32,7 @@ def _check_choice(field_name: str, value: Any, choices: tuple[str, ...]) -> None
 def _check_positive(field_name: str, value: Any, *, allow_zero: bool = False) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         _fail(field_name, value, "a number")
-    if value < 0 or (value == 0 and not allow_zero):
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
         _fail(field_name, value, "a number >= 0" if allow_zero else "a number > 0")
 
 

@@ -35,8 +35,8 @@ def compute_gae(
     Returns ``(advantages, returns)``, both ``[rows, T]``, with ``returns = advantages + V``.
     """
     num_steps = rewards.shape[1]
-    not_terminated = 1.0 - terminated.float()
-    not_done = 1.0 - torch.maximum(terminated.float(), truncated.float())
+    not_terminated = 1.0 - terminated.to(rewards.dtype)
+    not_done = 1.0 - torch.maximum(terminated.to(rewards.dtype), truncated.to(rewards.dtype))
     deltas = rewards + gamma * values[:, 1:] * not_terminated - values[:, :-1]
     advantages = torch.zeros_like(rewards)
     last = torch.zeros_like(rewards[:, 0])
@@ -48,16 +48,32 @@ def compute_gae(
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean over the entries where ``mask`` is 1 (all entries when ``mask`` is None).
+
+    Exact sum-then-divide, so a constant input has exactly its value as mean: statistics that
+    subtract the mean (std, variance) depend on that.
+    """
     if mask is None:
         return x.mean()
+    mask = mask.to(x.dtype)
     return (x * mask).sum() / mask.sum().clamp_min(1.0)
 
 
+def mean_weights(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``mask / mask.sum()``: a masked mean is then one dot product (computed once per minibatch)."""
+    mask = mask.to(dtype)
+    return mask / mask.sum().clamp_min(1.0)
+
+
+def _weighted_mean(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    return torch.dot(x.reshape(-1), weights.reshape(-1))
+
+
 def normalize_advantages(advantages: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Zero mean, unit std over the valid entries (per minibatch, as in CleanRL and SB3)."""
-    mean = masked_mean(advantages, mask)
-    var = masked_mean((advantages - mean) ** 2, mask)
-    return (advantages - mean) / (var.sqrt() + 1e-8)
+    """Zero mean, unit (population) std over the valid entries, per minibatch as in CleanRL and SB3."""
+    centered = advantages - masked_mean(advantages, mask)
+    std = masked_mean(centered * centered, mask).sqrt()
+    return centered / (std + 1e-8)
 
 
 class PPOLosses(NamedTuple):
@@ -91,31 +107,36 @@ def ppo_loss(
     approx_kl   = mean((r - 1) - log r), the low-variance k3 estimator of KL(old || new)
     clip_fraction = share of steps with |r - 1| > c
     """
+    # Every term is a mean over the valid steps; with the weights computed once, each mean is
+    # a single dot product (this function runs 20 times per epoch on small batches).
+    if mask is None:
+        mask = torch.ones_like(new_logprob)
+    weights = mean_weights(mask, new_logprob.dtype)
     logratio = new_logprob - old_logprob
     ratio = logratio.exp()
-    pg1 = -advantages * ratio
-    pg2 = -advantages * ratio.clamp(1.0 - clip_coef, 1.0 + clip_coef)
-    policy_loss = masked_mean(torch.maximum(pg1, pg2), mask)
+    neg_adv = -advantages
+    pg = torch.maximum(neg_adv * ratio, neg_adv * ratio.clamp(1.0 - clip_coef, 1.0 + clip_coef))
+    policy_loss = _weighted_mean(pg, weights)
 
-    v_err = (new_values - returns) ** 2
+    v_err = (new_values - returns).square()
     if clip_vloss:
         v_clipped = old_values + (new_values - old_values).clamp(-vf_clip_coef, vf_clip_coef)
-        v_err = torch.maximum(v_err, (v_clipped - returns) ** 2)
-    value_loss = 0.5 * masked_mean(v_err, mask)
+        v_err = torch.maximum(v_err, (v_clipped - returns).square())
+    value_loss = 0.5 * _weighted_mean(v_err, weights)
 
     with torch.no_grad():
-        approx_kl = masked_mean((ratio - 1.0) - logratio, mask)
-        clip_fraction = masked_mean(((ratio - 1.0).abs() > clip_coef).float(), mask)
-    return PPOLosses(policy_loss, value_loss, masked_mean(entropy, mask), approx_kl, clip_fraction)
+        approx_kl = _weighted_mean((ratio - 1.0) - logratio, weights)
+        clip_fraction = _weighted_mean(((ratio - 1.0).abs() > clip_coef).to(weights.dtype), weights)
+    return PPOLosses(policy_loss, value_loss, _weighted_mean(entropy, weights), approx_kl, clip_fraction)
 
 
 def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor | None = None) -> float:
     """1 - Var(R - V) / Var(R): 1 is a perfect critic, 0 no better than a constant, NaN if Var(R)=0."""
-    ret_mean = masked_mean(returns, mask)
-    var_ret = masked_mean((returns - ret_mean) ** 2, mask)
+    ret_centered = returns - masked_mean(returns, mask)
+    var_ret = masked_mean(ret_centered * ret_centered, mask)
     err = returns - values
-    err_mean = masked_mean(err, mask)
-    var_err = masked_mean((err - err_mean) ** 2, mask)
+    err_centered = err - masked_mean(err, mask)
+    var_err = masked_mean(err_centered * err_centered, mask)
     if var_ret.item() == 0.0:
         return float("nan")
     return float(1.0 - var_err / var_ret)

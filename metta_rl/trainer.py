@@ -46,6 +46,13 @@ def default_run_name(config: TrainerConfig) -> str:
     return f"{config.env.name}-s{config.seed}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
+def step_budget(config: TrainerConfig) -> int:
+    """The agent steps actually trained: whole epochs, never more than ``trainer.total_timesteps``
+    (CleanRL's rule), and at least one epoch."""
+    batch = config.trainer.batch_size
+    return max(1, config.trainer.total_timesteps // batch) * batch
+
+
 def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"trainer.device={name!r} is invalid: CUDA is not available on this machine (use 'cpu')")
@@ -68,7 +75,7 @@ class Trainer:
         self.hooks = HookList()
         self._user_hooks = list(hooks)
         self._console = console
-        self.progress = TrainingProgress(total_timesteps=self.config.trainer.total_timesteps)
+        self.progress = TrainingProgress(total_timesteps=step_budget(self.config))
         self.policy: ActorCritic | None = None
         self.env: EnvironmentManager | None = None
         self.evaluator: EvaluationManager | None = None

@@ -104,7 +104,9 @@ class TrainingManager:
                     logits, new_values = policy.forward_sequence(mb["obs"], (mb["h0"], mb["c0"]), mb["first"])
                 else:
                     logits, new_values, _ = policy.forward_step(mb["obs"])
-                new_logprobs, entropy = logprob_entropy(logits, mb["actions"], policy.nvec)
+                new_logprobs, entropy = logprob_entropy(
+                    logits, mb["actions"], policy.nvec, entropy_grad=ppo.ent_coef > 0
+                )
                 adv = normalize_advantages(mb["advantages"], mb["valid"]) if ppo.norm_adv else mb["advantages"]
                 terms = ppo_loss(
                     new_logprob=new_logprobs,
@@ -119,7 +121,9 @@ class TrainingManager:
                     vf_clip_coef=ppo.vf_clip_coef,
                     mask=mb["valid"],
                 )
-                loss = terms.policy_loss - ppo.ent_coef * terms.entropy + ppo.vf_coef * terms.value_loss
+                loss = terms.policy_loss + ppo.vf_coef * terms.value_loss
+                if ppo.ent_coef > 0:
+                    loss = loss - ppo.ent_coef * terms.entropy
                 grad_norm = optim.step(loss)
                 stats.append(
                     torch.stack(

@@ -1,0 +1,136 @@
+"""Hydra glue for ``tools/train.py`` and ``tools/bench.py``.
+
+The dataclass schema is registered in Hydra's ConfigStore; ``configs/`` holds the YAML groups.
+Before Hydra runs, every job of the command line is composed and validated here, so a typo, a
+missing config group or a bad value is one line on stderr and a non-zero exit, and nothing is
+written anywhere (Hydra's own errors are multi-line with a stack-trace hint).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from metta_rl.config import ConfigError, TrainerConfig
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIG_NAME = "train"
+EXIT_BAD_INPUT = 2
+
+_HINT_LINES = ("Set the environment variable HYDRA_FULL_ERROR", "To append to your config use")
+
+
+def register_configs() -> None:
+    """Register the dataclass schema; ``configs/train.yaml`` lists it first in its defaults."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="trainer_schema", node=TrainerConfig)
+
+
+def one_line(exc: BaseException) -> str:
+    """A Hydra/OmegaConf/our error as one line, hint lines dropped."""
+    from hydra.errors import MissingConfigException
+
+    lines = [ln.strip() for ln in str(exc).splitlines()]
+    lines = [ln for ln in lines if ln and not ln.startswith(_HINT_LINES)]
+    if isinstance(exc, MissingConfigException) and exc.options is not None:
+        head = lines[0] if lines else "missing config"
+        return f"{head} (available: {', '.join(sorted(exc.options))})"
+    match = re.match(r"Could not override '([^']+)'", lines[0]) if lines else None
+    if match:
+        key = match.group(1)
+        return f"{key}: no such config field{_suggest(key)}"
+    text = " ".join(lines[:3]) if lines else type(exc).__name__
+    return re.sub(r"\s+", " ", text)[:500]
+
+
+def _suggest(dotted: str) -> str:
+    """`` (did you mean 'ppo.gamma'?)`` for a mistyped dotted key of TrainerConfig, else ''."""
+    import dataclasses
+    import difflib
+    from typing import get_type_hints
+
+    cls: Any = TrainerConfig
+    parts = dotted.split(".")
+    for i, part in enumerate(parts):
+        names = [f.name for f in dataclasses.fields(cls)]
+        if part not in names:
+            close = difflib.get_close_matches(part, names, n=1)
+            return f" (did you mean '{'.'.join(parts[:i] + close)}'?)" if close else f" (allowed here: {', '.join(names)})"
+        hint = get_type_hints(cls)[part]
+        if not dataclasses.is_dataclass(hint):
+            return ""
+        cls = hint
+    return ""
+
+
+def to_trainer_config(cfg: DictConfig) -> TrainerConfig:
+    data = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(data, dict)
+    data.pop("hydra", None)
+    return TrainerConfig.from_dict(data)
+
+
+def _job_overrides(argv: list[str]) -> list[list[str]] | None:
+    """Every job's override list (sweeps expanded), or None if Hydra is asked for something else."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    if any(a in ("--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", "--shell-completion") for a in argv):
+        return None
+    overrides = [a for a in argv if not a.startswith("-")]
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
+def compose(overrides: list[str]) -> DictConfig:
+    """Compose ``configs/train.yaml`` with overrides (no Hydra app needed: tests, bench, notebooks)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        return hydra_compose(config_name=CONFIG_NAME, overrides=overrides)
+
+
+def preflight(argv: list[str]) -> None:
+    """Compose and validate every job; exit 2 with one line on the first bad one."""
+    try:
+        jobs = _job_overrides(argv)
+        if jobs is None:
+            return
+        for job in jobs:
+            to_trainer_config(compose(job))
+    except (ConfigError, Exception) as exc:  # noqa: BLE001 - any composition failure is bad input
+        fail(one_line(exc), EXIT_BAD_INPUT)
+
+
+def fail(message: str, code: int) -> None:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(code)
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+def run_dir_for_job(cfg: DictConfig) -> Path:
+    """``<runs_dir>/<run>`` for a single run; ``<runs_dir>/<run>/<job>_<overrides>`` in a multirun."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hc = HydraConfig.get()
+    if hc.mode == RunMode.MULTIRUN:
+        return Path(hc.sweep.dir) / hc.sweep.subdir
+    return Path(cfg.runs_dir) / str(cfg.run)
+
+
+def describe(config: Any) -> str:
+    return f"{config.env.name} seed={config.seed}"

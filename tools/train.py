@@ -1,0 +1,44 @@
+#!/usr/bin/env python
+"""Train with PPO from the command line (Hydra).
+
+    python tools/train.py env=cartpole seed=1 run=cp1
+    python tools/train.py -m env=cartpole seed=0,1,2 run=sweep
+    python tools/train.py env=acrobot trainer.total_timesteps=200000 runs_dir=/tmp/runs
+
+Writes ``<runs_dir>/<run>/`` with config.yaml, metrics.jsonl and summary.json.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from metta_rl import cli  # noqa: E402
+from metta_rl.config import ConfigError  # noqa: E402
+from metta_rl.environment import EnvError  # noqa: E402
+from metta_rl.run_dir import RunExistsError  # noqa: E402
+from metta_rl.trainer import Trainer  # noqa: E402
+
+
+@hydra.main(config_path=str(cli.CONFIG_DIR), config_name=cli.CONFIG_NAME, version_base=None)
+def main(cfg: DictConfig) -> None:
+    try:
+        config = cli.to_trainer_config(cfg)
+        with Trainer(config, run_dir=cli.run_dir_for_job(cfg)) as trainer:
+            trainer.train()
+    except (ConfigError, RunExistsError) as exc:
+        cli.fail(str(exc), cli.EXIT_BAD_INPUT)
+    except EnvError as exc:
+        cli.fail(str(exc), 1)
+
+
+if __name__ == "__main__":
+    cli.setup_logging()
+    cli.register_configs()
+    cli.preflight(sys.argv[1:])
+    main()
