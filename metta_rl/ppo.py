@@ -97,6 +97,7 @@ def ppo_loss(
     clip_vloss: bool = False,
     vf_clip_coef: float = 10.0,
     mask: torch.Tensor | None = None,
+    weights: torch.Tensor | None = None,
 ) -> PPOLosses:
     """The terms of the PPO objective, each a scalar (masked mean over valid steps).
 
@@ -106,12 +107,13 @@ def ppo_loss(
     entropy     = mean(entropy)
     approx_kl   = mean((r - 1) - log r), the low-variance k3 estimator of KL(old || new)
     clip_fraction = share of steps with |r - 1| > c
+
+    ``mask`` (1 = valid step) or, precomputed once per minibatch, ``weights = mean_weights(mask)``.
     """
     # Every term is a mean over the valid steps; with the weights computed once, each mean is
     # a single dot product (this function runs 20 times per epoch on small batches).
-    if mask is None:
-        mask = torch.ones_like(new_logprob)
-    weights = mean_weights(mask, new_logprob.dtype)
+    if weights is None:
+        weights = mean_weights(mask if mask is not None else torch.ones_like(new_logprob), new_logprob.dtype)
     logratio = new_logprob - old_logprob
     ratio = logratio.exp()
     neg_adv = -advantages

@@ -15,7 +15,7 @@ from metta_rl.buffer import ExperienceBuffer
 from metta_rl.config import ConfigError, PPOConfig, TrainingLoopConfig
 from metta_rl.optimizer import OptimizerManager
 from metta_rl.policy import ActorCritic, logprob_entropy
-from metta_rl.ppo import compute_gae, explained_variance, normalize_advantages, ppo_loss
+from metta_rl.ppo import compute_gae, explained_variance, mean_weights, normalize_advantages, ppo_loss
 from metta_rl.progress import TrainingProgress
 
 
@@ -91,13 +91,15 @@ class TrainingManager:
 
         stats: list[torch.Tensor] = []
         epochs_run = 0
+        # One minibatch: order is irrelevant, so skip the shuffle and prepare it once.
+        single = [self._prepare(data)] if per_mb >= units else None
         for _ in range(self.loop.update_epochs):
             epochs_run += 1
-            if per_mb >= units:  # one minibatch: order is irrelevant, skip the gather
-                minibatches = [data]
+            if single is not None:
+                minibatches = single
             else:
                 perm = torch.randperm(units, generator=self.generator).to(dev)
-                minibatches = [{k: v[idx] for k, v in data.items()} for idx in perm.split(per_mb)]
+                minibatches = [self._prepare({k: v[idx] for k, v in data.items()}) for idx in perm.split(per_mb)]
             epoch_kl = []
             for mb in minibatches:
                 if self.recurrent:
@@ -107,11 +109,10 @@ class TrainingManager:
                 new_logprobs, entropy = logprob_entropy(
                     logits, mb["actions"], policy.nvec, entropy_grad=ppo.ent_coef > 0
                 )
-                adv = normalize_advantages(mb["advantages"], mb["valid"]) if ppo.norm_adv else mb["advantages"]
                 terms = ppo_loss(
                     new_logprob=new_logprobs,
                     old_logprob=mb["old_logprobs"],
-                    advantages=adv,
+                    advantages=mb["advantages"],
                     entropy=entropy,
                     new_values=new_values,
                     old_values=mb["old_values"],
@@ -119,7 +120,7 @@ class TrainingManager:
                     clip_coef=ppo.clip_coef,
                     clip_vloss=ppo.clip_vloss,
                     vf_clip_coef=ppo.vf_clip_coef,
-                    mask=mb["valid"],
+                    weights=mb["weights"],
                 )
                 loss = terms.policy_loss + ppo.vf_coef * terms.value_loss
                 if ppo.ent_coef > 0:
@@ -155,6 +156,12 @@ class TrainingManager:
             update_epochs=epochs_run,
             minibatches=len(stats),
         )
+
+    def _prepare(self, mb: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Add what a minibatch needs that does not depend on the policy: normalized
+        advantages (per minibatch, as CleanRL and SB3) and the masked-mean weights."""
+        adv = normalize_advantages(mb["advantages"], mb["valid"]) if self.ppo.norm_adv else mb["advantages"]
+        return {**mb, "advantages": adv, "weights": mean_weights(mb["valid"], adv.dtype)}
 
     def state_dict(self) -> dict[str, Any]:
         return {"generator": self.generator.get_state()}
