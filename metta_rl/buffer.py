@@ -55,6 +55,9 @@ class ExperienceBuffer:
         self.next_state0 = (torch.zeros(rows, lstm_size), torch.zeros(rows, lstm_size)) if lstm_size else None
         # Numpy views for the per-step writes of the rollout loop.
         self.np_obs = self.obs.numpy()
+        self.np_actions = self.actions.numpy()
+        self.np_logprobs = self.logprobs.numpy()
+        self.np_values = self.values.numpy()
         self.np_rewards = self.rewards.numpy()
         self.np_terminated = self.terminated.numpy()
         self.np_truncated = self.truncated.numpy()

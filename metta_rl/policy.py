@@ -196,22 +196,26 @@ def sample_actions(
     return torch.cat(acts, dim=-1), torch.stack(logps, dim=-1).sum(-1)
 
 
+def log_prob(logits: torch.Tensor, actions: torch.Tensor, nvec: list[int]) -> torch.Tensor:
+    """Log-probability of ``actions`` ``[..., heads]``, summed over heads."""
+    if len(nvec) == 1:
+        return torch.log_softmax(logits, dim=-1).gather(-1, actions).squeeze(-1)
+    heads = torch.split(logits, nvec, dim=-1)
+    return torch.stack([log_prob(h, actions[..., i : i + 1], [h.shape[-1]]) for i, h in enumerate(heads)], -1).sum(-1)
+
+
+def entropy(logits: torch.Tensor, nvec: list[int]) -> torch.Tensor:
+    """Entropy of the action distribution, summed over heads."""
+    if len(nvec) == 1:
+        logp = torch.log_softmax(logits, dim=-1)
+        return -(logp.exp() * logp).sum(-1)
+    return torch.stack([entropy(h, [h.shape[-1]]) for h in torch.split(logits, nvec, dim=-1)], -1).sum(-1)
+
+
 def logprob_entropy(
     logits: torch.Tensor, actions: torch.Tensor, nvec: list[int], *, entropy_grad: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-probability of ``actions`` and entropy, summed over heads. Shapes ``[..., heads]`` -> ``[...]``.
-
-    ``entropy_grad=False`` computes the entropy outside autograd, for when it is only reported
-    (entropy coefficient 0): that saves its backward pass.
-    """
-    if len(nvec) == 1:
-        logp = torch.log_softmax(logits, dim=-1)
-        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
-            entropy = -(logp.exp() * logp).sum(-1)
-        return logp.gather(-1, actions).squeeze(-1), entropy
-    lps, ents = [], []
-    for i, head in enumerate(torch.split(logits, nvec, dim=-1)):
-        lp, ent = logprob_entropy(head, actions[..., i : i + 1], [head.shape[-1]], entropy_grad=entropy_grad)
-        lps.append(lp)
-        ents.append(ent)
-    return torch.stack(lps, -1).sum(-1), torch.stack(ents, -1).sum(-1)
+    """``(log_prob, entropy)``; ``entropy_grad=False`` keeps the entropy out of autograd."""
+    with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+        ent = entropy(logits, nvec)
+    return log_prob(logits, actions, nvec), ent

@@ -65,7 +65,8 @@ def mean_weights(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return mask / mask.sum().clamp_min(1.0)
 
 
-def _weighted_mean(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+def weighted_mean(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``sum(x * weights)`` as one dot product; with ``weights = mean_weights(mask)`` a masked mean."""
     return torch.dot(x.reshape(-1), weights.reshape(-1))
 
 
@@ -84,6 +85,50 @@ class PPOLosses(NamedTuple):
     clip_fraction: torch.Tensor
 
 
+# Each term is a mean over valid steps, written as a dot product with ``weights``
+# (``mean_weights(mask)``, computed once per minibatch): the update evaluates them 20 times
+# an epoch on small batches, where every tensor op counts.
+
+
+def clipped_policy_loss(
+    logratio: torch.Tensor, advantages: torch.Tensor, clip_coef: float, weights: torch.Tensor
+) -> torch.Tensor:
+    """mean(max(-A * r, -A * clip(r, 1 - c, 1 + c))), r = exp(log pi_new - log pi_old)."""
+    ratio = logratio.exp()
+    neg_adv = -advantages
+    return weighted_mean(torch.maximum(neg_adv * ratio, neg_adv * ratio.clamp(1.0 - clip_coef, 1.0 + clip_coef)), weights)
+
+
+def value_loss(
+    new_values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    weights: torch.Tensor,
+    *,
+    clip_vloss: bool = False,
+    vf_clip_coef: float = 10.0,
+) -> torch.Tensor:
+    """0.5 * mean((V - R)^2); with ``clip_vloss`` the larger of that and the loss of V clipped to
+    within ``vf_clip_coef`` of the value at collection time."""
+    v_err = (new_values - returns).square()
+    if clip_vloss:
+        v_clipped = old_values + (new_values - old_values).clamp(-vf_clip_coef, vf_clip_coef)
+        v_err = torch.maximum(v_err, (v_clipped - returns).square())
+    return 0.5 * weighted_mean(v_err, weights)
+
+
+@torch.no_grad()
+def approx_kl(logratio: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """mean((r - 1) - log r): the low-variance k3 estimator of KL(old || new)."""
+    return weighted_mean(logratio.exp() - 1.0 - logratio, weights)
+
+
+@torch.no_grad()
+def clip_fraction(logratio: torch.Tensor, clip_coef: float, weights: torch.Tensor) -> torch.Tensor:
+    """Share of steps whose ratio left [1 - c, 1 + c]."""
+    return weighted_mean(((logratio.exp() - 1.0).abs() > clip_coef).to(weights.dtype), weights)
+
+
 def ppo_loss(
     *,
     new_logprob: torch.Tensor,
@@ -99,37 +144,21 @@ def ppo_loss(
     mask: torch.Tensor | None = None,
     weights: torch.Tensor | None = None,
 ) -> PPOLosses:
-    """The terms of the PPO objective, each a scalar (masked mean over valid steps).
+    """Every term of the PPO objective on one minibatch, each a masked mean over valid steps.
 
-    policy_loss = mean(max(-A * r, -A * clip(r, 1 - c, 1 + c))), r = exp(new_lp - old_lp)
-    value_loss  = 0.5 * mean((V - R)^2), or with ``clip_vloss`` the larger of that and the
-                  loss of V clipped to within ``vf_clip_coef`` of the old value
-    entropy     = mean(entropy)
-    approx_kl   = mean((r - 1) - log r), the low-variance k3 estimator of KL(old || new)
-    clip_fraction = share of steps with |r - 1| > c
-
-    ``mask`` (1 = valid step) or, precomputed once per minibatch, ``weights = mean_weights(mask)``.
+    ``mask`` (1 = valid step) or, precomputed, ``weights = mean_weights(mask)``. The trainer
+    calls the term functions above directly, so it can batch the diagnostics per update.
     """
-    # Every term is a mean over the valid steps; with the weights computed once, each mean is
-    # a single dot product (this function runs 20 times per epoch on small batches).
     if weights is None:
         weights = mean_weights(mask if mask is not None else torch.ones_like(new_logprob), new_logprob.dtype)
     logratio = new_logprob - old_logprob
-    ratio = logratio.exp()
-    neg_adv = -advantages
-    pg = torch.maximum(neg_adv * ratio, neg_adv * ratio.clamp(1.0 - clip_coef, 1.0 + clip_coef))
-    policy_loss = _weighted_mean(pg, weights)
-
-    v_err = (new_values - returns).square()
-    if clip_vloss:
-        v_clipped = old_values + (new_values - old_values).clamp(-vf_clip_coef, vf_clip_coef)
-        v_err = torch.maximum(v_err, (v_clipped - returns).square())
-    value_loss = 0.5 * _weighted_mean(v_err, weights)
-
-    with torch.no_grad():
-        approx_kl = _weighted_mean((ratio - 1.0) - logratio, weights)
-        clip_fraction = _weighted_mean(((ratio - 1.0).abs() > clip_coef).to(weights.dtype), weights)
-    return PPOLosses(policy_loss, value_loss, _weighted_mean(entropy, weights), approx_kl, clip_fraction)
+    return PPOLosses(
+        clipped_policy_loss(logratio, advantages, clip_coef, weights),
+        value_loss(new_values, old_values, returns, weights, clip_vloss=clip_vloss, vf_clip_coef=vf_clip_coef),
+        weighted_mean(entropy, weights),
+        approx_kl(logratio.detach(), weights),
+        clip_fraction(logratio.detach(), clip_coef, weights),
+    )
 
 
 def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor | None = None) -> float:

@@ -67,8 +67,9 @@ class RolloutManager:
         on_cpu = self.device.type == "cpu"
         env_s = infer_s = 0.0
         policy.eval()
+        rows_left = int((buf.col <= horizon).sum())
         tick = time.perf_counter()
-        while not buf.full:
+        while rows_left:
             batch = env.recv()
             now = time.perf_counter()
             env_s += now - tick
@@ -96,7 +97,7 @@ class RolloutManager:
             buf.np_valid[rows, col] = valid
             buf.np_first[rows, col] = first
             with torch.inference_mode():
-                obs = buf.obs[rows, col]
+                obs = torch.from_numpy(buf.np_obs[rows, col])
                 state = first_t = None
                 if self.state is not None:
                     state = (self.state[0][rows], self.state[1][rows])
@@ -114,15 +115,17 @@ class RolloutManager:
                 if new_state is not None:
                     self.state[0][rows] = new_state[0]
                     self.state[1][rows] = new_state[1]
-                actions = actions.cpu()
-                buf.actions[rows, col] = actions
-                buf.logprobs[rows, col] = logprob.cpu()
-                buf.values[rows, col] = value.cpu()
+                actions = actions.cpu().numpy()
+                buf.np_actions[rows, col] = actions
+                buf.np_logprobs[rows, col] = logprob.cpu().numpy()
+                buf.np_values[rows, col] = value.cpu().numpy()
             buf.col[rows] = col + 1
+            if col == horizon:
+                rows_left -= rows.stop - rows.start
             now = time.perf_counter()
             infer_s += now - tick
             tick = now
-            env.send(actions.numpy())
+            env.send(actions)
         env_s += time.perf_counter() - tick
         result.env_seconds = env_s
         result.inference_seconds = infer_s

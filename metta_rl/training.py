@@ -14,8 +14,18 @@ import torch
 from metta_rl.buffer import ExperienceBuffer
 from metta_rl.config import ConfigError, PPOConfig, TrainingLoopConfig
 from metta_rl.optimizer import OptimizerManager
-from metta_rl.policy import ActorCritic, logprob_entropy
-from metta_rl.ppo import compute_gae, explained_variance, mean_weights, normalize_advantages, ppo_loss
+from metta_rl.policy import ActorCritic, entropy, log_prob
+from metta_rl.ppo import (
+    weighted_mean,
+    approx_kl,
+    clip_fraction,
+    clipped_policy_loss,
+    compute_gae,
+    explained_variance,
+    mean_weights,
+    normalize_advantages,
+    value_loss,
+)
 from metta_rl.progress import TrainingProgress
 
 
@@ -89,7 +99,12 @@ class TrainingManager:
             data = {k: v.reshape(rows * T, *v.shape[2:]) for k, v in data.items()}
             units, per_mb = rows * T, self.loop.minibatch_size
 
-        stats: list[torch.Tensor] = []
+        # Per step only what the gradient needs; diagnostics (KL, clip fraction, entropy) are
+        # computed from the detached log-ratios and logits, batched once per epoch / update.
+        logratios: list[torch.Tensor] = []
+        logits_seen: list[torch.Tensor] = []
+        weights_seen: list[torch.Tensor] = []
+        scalars: list[torch.Tensor] = []
         epochs_run = 0
         # One minibatch: order is irrelevant, so skip the shuffle and prepare it once.
         single = [self._prepare(data)] if per_mb >= units else None
@@ -100,61 +115,53 @@ class TrainingManager:
             else:
                 perm = torch.randperm(units, generator=self.generator).to(dev)
                 minibatches = [self._prepare({k: v[idx] for k, v in data.items()}) for idx in perm.split(per_mb)]
-            epoch_kl = []
             for mb in minibatches:
                 if self.recurrent:
                     logits, new_values = policy.forward_sequence(mb["obs"], (mb["h0"], mb["c0"]), mb["first"])
                 else:
                     logits, new_values, _ = policy.forward_step(mb["obs"])
-                new_logprobs, entropy = logprob_entropy(
-                    logits, mb["actions"], policy.nvec, entropy_grad=ppo.ent_coef > 0
+                weights = mb["weights"]
+                logratio = log_prob(logits, mb["actions"], policy.nvec) - mb["old_logprobs"]
+                pg_loss = clipped_policy_loss(logratio, mb["advantages"], ppo.clip_coef, weights)
+                v_loss = value_loss(
+                    new_values, mb["old_values"], mb["returns"], weights,
+                    clip_vloss=ppo.clip_vloss, vf_clip_coef=ppo.vf_clip_coef,
                 )
-                terms = ppo_loss(
-                    new_logprob=new_logprobs,
-                    old_logprob=mb["old_logprobs"],
-                    advantages=mb["advantages"],
-                    entropy=entropy,
-                    new_values=new_values,
-                    old_values=mb["old_values"],
-                    returns=mb["returns"],
-                    clip_coef=ppo.clip_coef,
-                    clip_vloss=ppo.clip_vloss,
-                    vf_clip_coef=ppo.vf_clip_coef,
-                    weights=mb["weights"],
-                )
-                loss = terms.policy_loss + ppo.vf_coef * terms.value_loss
+                loss = pg_loss + ppo.vf_coef * v_loss
                 if ppo.ent_coef > 0:
-                    loss = loss - ppo.ent_coef * terms.entropy
+                    loss = loss - ppo.ent_coef * weighted_mean(entropy(logits, policy.nvec), weights)
                 grad_norm = optim.step(loss)
-                stats.append(
-                    torch.stack(
-                        [
-                            terms.policy_loss.detach(),
-                            terms.value_loss.detach(),
-                            terms.entropy.detach(),
-                            terms.approx_kl,
-                            terms.clip_fraction,
-                            grad_norm.detach(),
-                        ]
-                    )
-                )
-                epoch_kl.append(terms.approx_kl)
-            # Early stop: once the policy has moved too far from the one that collected the data.
-            if ppo.target_kl is not None and torch.stack(epoch_kl).mean().item() > ppo.target_kl:
-                break
+                scalars.append(torch.stack([pg_loss.detach(), v_loss.detach(), grad_norm]))
+                logratios.append(logratio.detach())
+                logits_seen.append(logits.detach())
+                weights_seen.append(weights)
+            # Early stop once the policy has moved too far from the one that collected the data.
+            if ppo.target_kl is not None:
+                n = len(minibatches)
+                kl = approx_kl(torch.stack(logratios[-n:]), torch.stack(weights_seen[-n:]) / n)
+                if kl.item() > ppo.target_kl:
+                    break
 
-        means = torch.stack(stats).mean(0).tolist()
+        steps = len(scalars)
+        all_weights = torch.stack(weights_seen) / steps
+        all_logratios = torch.stack(logratios)
+        with torch.no_grad():
+            ent = weighted_mean(entropy(torch.stack(logits_seen), policy.nvec), all_weights)
+        means = torch.stack(scalars).mean(0).tolist()
+        diag = torch.stack(
+            [ent, approx_kl(all_logratios, all_weights), clip_fraction(all_logratios, ppo.clip_coef, all_weights)]
+        ).tolist()
         ev = explained_variance(data["old_values"].reshape(-1), returns.reshape(-1), data["valid"].reshape(-1))
         return LossStats(
             policy_loss=means[0],
             value_loss=means[1],
-            entropy=means[2],
-            approx_kl=means[3],
-            clip_fraction=means[4],
-            grad_norm=means[5],
+            entropy=diag[0],
+            approx_kl=diag[1],
+            clip_fraction=diag[2],
+            grad_norm=means[2],
             explained_variance=ev,
             update_epochs=epochs_run,
-            minibatches=len(stats),
+            minibatches=steps,
         )
 
     def _prepare(self, mb: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
