@@ -21,11 +21,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from metta_rl.config import ConfigError, PolicyConfig
+from metta_rl.twin_mlp import TwinMLP
 
 LSTMState = tuple[torch.Tensor, torch.Tensor]
 
 _ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "gelu": nn.GELU}
-_ACTIVATION_FNS = {"tanh": torch.tanh, "relu": torch.relu, "gelu": nn.functional.gelu}
 
 
 def action_nvec(space: gymnasium.Space) -> list[int]:
@@ -52,37 +52,6 @@ def _mlp(in_size: int, sizes: list[int], activation: str) -> nn.Sequential:
         layers += [_layer(in_size, size, math.sqrt(2)), _ACTIVATIONS[activation]()]
         in_size = size
     return nn.Sequential(*layers)
-
-
-class TwinMLP(nn.Module):
-    """Two MLPs of the same shape (actor trunk, critic trunk) evaluated as one.
-
-    Layer 1 is one matmul into both trunks' units side by side; every later layer is one
-    batched matmul over the pair. Same math as two ``nn.Sequential`` MLPs, half the kernel
-    launches and autograd nodes, which is most of an update's cost for small policies.
-    """
-
-    def __init__(self, in_size: int, sizes: list[int], activation: str) -> None:
-        super().__init__()
-        self.act = _ACTIVATION_FNS[activation]
-        self.first_size = sizes[0]
-        # Weights stored as [in, out] so the forward is addmm/baddbmm with no transposes.
-        first = [_layer(in_size, sizes[0], math.sqrt(2)).weight.detach().t() for _ in range(2)]
-        self.w_in = nn.Parameter(torch.cat(first, dim=1).contiguous())
-        self.b_in = nn.Parameter(torch.zeros(2 * sizes[0]))
-        self.weights = nn.ParameterList()
-        self.biases = nn.ParameterList()
-        for a, b in zip(sizes[:-1], sizes[1:]):
-            pair = [_layer(a, b, math.sqrt(2)).weight.detach().t() for _ in range(2)]
-            self.weights.append(nn.Parameter(torch.stack(pair).contiguous()))
-            self.biases.append(nn.Parameter(torch.zeros(2, 1, b)))
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.act(torch.addmm(self.b_in, x, self.w_in))
-        h = h.view(x.shape[0], 2, self.first_size).transpose(0, 1)  # [2, batch, units]
-        for w, b in zip(self.weights, self.biases):
-            h = self.act(torch.baddbmm(b, h, w))
-        return h[0], h[1]
 
 
 class ActorCritic(nn.Module):

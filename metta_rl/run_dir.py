@@ -39,6 +39,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     """Write via a temp file in the same folder, fsync, rename: never a half-written file."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give records the usual mode
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
@@ -47,6 +48,12 @@ def atomic_write_text(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 class RunDirectory:
