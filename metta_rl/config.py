@@ -216,6 +216,11 @@ class TrainingLoopConfig:
         _check_int("trainer.minibatch_size", self.minibatch_size, minimum=1)
         _check_int("trainer.update_epochs", self.update_epochs, minimum=1)
         _check_int("trainer.torch_threads", self.torch_threads, minimum=0)
+        if self.total_timesteps < self.batch_size:
+            raise ConfigError(
+                f"trainer.total_timesteps={self.total_timesteps} is invalid: expected at least one batch "
+                f"(trainer.batch_size={self.batch_size})"
+            )
         if self.batch_size % self.minibatch_size:
             raise ConfigError(
                 f"trainer.batch_size={self.batch_size} is invalid: expected a multiple of "

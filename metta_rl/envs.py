@@ -122,6 +122,11 @@ def _make_mettagrid(preset: str, kwargs: dict[str, Any], buf: Any, seed: int) ->
     cfg = {"arena": make_arena, "navigation": make_navigation}[preset](num_agents=num_agents)
     if max_steps is not None:
         cfg.game.max_steps = int(max_steps)
+    # The time limit is a truncation (PPO bootstraps from the last observation), not the end
+    # of the task; and the map is drawn from the env's own seed, so runs are reproducible.
+    cfg.game.episode_truncates = True
+    if hasattr(cfg.game.map_builder, "seed"):
+        cfg.game.map_builder.seed = seed
     return _seeded_mettagrid_class()(Simulator(), cfg, buf=buf, seed=seed)
 
 

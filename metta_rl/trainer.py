@@ -48,9 +48,9 @@ def default_run_name(config: TrainerConfig) -> str:
 
 def step_budget(config: TrainerConfig) -> int:
     """The agent steps actually trained: whole epochs, never more than ``trainer.total_timesteps``
-    (CleanRL's rule), and at least one epoch."""
+    (CleanRL's rule; the config guarantees at least one batch)."""
     batch = config.trainer.batch_size
-    return max(1, config.trainer.total_timesteps // batch) * batch
+    return config.trainer.total_timesteps // batch * batch
 
 
 def resolve_device(name: str) -> torch.device:

@@ -4,7 +4,6 @@ test_trainer). Everything is sized to run in well under a second per epoch on on
 from __future__ import annotations
 
 import copy
-import multiprocessing
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +52,3 @@ def snapshot(root: Path) -> dict[str, tuple[int, bytes]]:
         str(p.relative_to(root)): (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(root.rglob("*")) if p.is_file()
     }
 
-
-def live_children() -> list[multiprocessing.process.BaseProcess]:
-    return [p for p in multiprocessing.active_children() if p.is_alive()]

@@ -112,15 +112,6 @@ def test_multirun_trains_every_job(sweep):
         assert json.loads(p.read_text())["agent_steps"] == 512
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG configs/train.yaml hydra.sweep.subdir '${hydra.job.num}_${hydra.job.override_dirname}': "
-        "override_dirname includes runs_dir=<absolute path>, whose '/' nests each job several "
-        "folders deep (<runs>/sweep/0_...,runs_dir=/tmp/.../x,seed=0,.../) and makes the summary's "
-        "'run' a fragment of the path"
-    ),
-)
 def test_multirun_job_folders_are_direct_children_of_the_sweep(sweep):
     tmp_path, proc = sweep
     assert proc.returncode == 0, proc.stderr

@@ -13,7 +13,7 @@ from metta_rl.environment import EVAL_STREAM, TRAIN_STREAM, EnvError, Environmen
 from metta_rl.envs import env_seed
 from metta_rl.trainer import Trainer
 from tests.envs_for_tests import EPISODE_LENGTH
-from tests.integration_utils import PZ_ENV, PZ_ENV_ID, config_dict, make_config
+from tests.integration_utils import PZ_ENV, config_dict, make_config
 
 torch.set_num_threads(1)
 
@@ -27,7 +27,7 @@ except Exception:  # noqa: BLE001 - any import failure means: not available here
 requires_mettagrid = pytest.mark.skipif(not HAVE_METTAGRID, reason="mettagrid cannot be imported")
 
 CARTPOLE = EnvConfig()
-PZ = EnvConfig(**{k: v for k, v in PZ_ENV.items()})
+PZ = EnvConfig(**PZ_ENV)
 
 
 def manager(
@@ -377,15 +377,6 @@ def test_mettagrid_one_trainer_epoch(tmp_path):
 
 
 @requires_mettagrid
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG metta_rl/envs.py _make_mettagrid: only the Simulator seed is set; the preset's "
-        "map_builder.seed stays None, so MettaGrid maps are drawn from OS entropy and the same "
-        "run seed gives different first observations (not reproducible; evaluation is not "
-        "comparable across evaluations)"
-    ),
-)
 def test_mettagrid_same_seed_same_first_observations():
     # 8 envs x 2 agents: with unseeded maps, 16 identical first views are vanishingly unlikely
     # (with 2 envs they coincide about 1 time in 20).

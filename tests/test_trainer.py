@@ -323,22 +323,15 @@ def test_multiprocessing_trainer_reaps_its_workers(tmp_path):
     assert not any(p.is_alive() for p in procs)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG metta_rl/run_dir.py atomic_write_text: tempfile.mkstemp creates the file with mode "
-        "0600 and os.replace keeps it, so config.yaml and summary.json are private (0600) while "
-        "metrics.jsonl gets the umask default (e.g. 0644)"
-    ),
-)
 def test_record_files_get_the_same_permissions(tmp_path):
+    """config.yaml and summary.json are written via mkstemp (mode 0600) + rename: they must still
+    get the umask's usual mode, like metrics.jsonl (regression test)."""
     umask = os.umask(0o022)
     os.umask(umask)
-    if umask & 0o044:
-        pytest.skip("the umask already hides files from group and others")
     with Trainer(make_config(trainer={"total_timesteps": BATCH}), run_dir=tmp_path / "run", console=False) as trainer:
         trainer.train()
-    modes = {name: stat.S_IMODE((tmp_path / "run" / name).stat().st_mode) for name in ("config.yaml", "metrics.jsonl", "summary.json")}
+    names = ("config.yaml", "metrics.jsonl", "summary.json")
+    modes = {name: stat.S_IMODE((tmp_path / "run" / name).stat().st_mode) for name in names}
     assert modes["metrics.jsonl"] == 0o666 & ~umask
     assert modes["config.yaml"] == modes["metrics.jsonl"], modes
     assert modes["summary.json"] == modes["metrics.jsonl"], modes
