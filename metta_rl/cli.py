@@ -16,7 +16,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from metta_rl.config import ConfigError, TrainerConfig
+from metta_rl.config import TrainerConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 CONFIG_NAME = "train"
@@ -108,7 +108,7 @@ def preflight(argv: list[str]) -> None:
             return
         for job in jobs:
             to_trainer_config(compose(job))
-    except (ConfigError, Exception) as exc:  # noqa: BLE001 - any composition failure is bad input
+    except Exception as exc:  # noqa: BLE001 - any composition or validation failure is bad input
         fail(one_line(exc), EXIT_BAD_INPUT)
 
 
@@ -130,7 +130,3 @@ def run_dir_for_job(cfg: DictConfig) -> Path:
     if hc.mode == RunMode.MULTIRUN:
         return Path(hc.sweep.dir) / hc.sweep.subdir
     return Path(cfg.runs_dir) / str(cfg.run)
-
-
-def describe(config: Any) -> str:
-    return f"{config.env.name} seed={config.seed}"

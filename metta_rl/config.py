@@ -13,7 +13,7 @@ import dataclasses
 import difflib
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args, get_origin, get_type_hints
+from typing import Any, get_args, get_origin, get_type_hints
 
 
 class ConfigError(ValueError):
@@ -385,7 +385,4 @@ def _coerce(name: str, hint: Any, value: Any) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{name}={value!r} is invalid: expected a mapping")
         return dict(value)
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"{name}={value!r} is invalid: expected one of {args}")
     return value

@@ -58,21 +58,19 @@ class StatsManager:
             ("other", timings.other),
         ):
             self.time_totals[key] += value
-        total = max(timings.total, 1e-9)
         metrics: dict[str, float] = {
             "agent_step": progress.agent_step,
             "epoch": progress.epoch,
             "wall_seconds": progress.wall_seconds,
-            "overview/sps": rollout.agent_steps / total,
+            "overview/sps": rollout.agent_steps / max(timings.total, 1e-9),
             "overview/episode_return": _mean(self.episode_returns),
             "overview/episode_length": _mean(self.episode_lengths),
             "overview/episodes": progress.episodes,
             "overview/learning_rate": lr,
             "timing/epoch_seconds": timings.total,
-            "timing/env": timings.env / total,
-            "timing/inference": timings.inference / total,
-            "timing/update": timings.update / total,
-            "timing/other": timings.other / total,
+            # Shares of all training time so far: steadier than one epoch's (an eval epoch
+            # would show mostly "other").
+            **{f"timing/{k}": v for k, v in self.time_split().items()},
         }
         metrics.update(losses.as_metrics())
         for key, values in rollout.env_info.items():

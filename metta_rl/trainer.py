@@ -83,7 +83,6 @@ class Trainer:
         self.last_eval: EvalResult | None = None
         self._setup_done = False
         self._started = False
-        self._train_seconds = 0.0
 
     # ------------------------------------------------------------------ lifecycle
     def setup(self) -> Trainer:
