@@ -125,6 +125,10 @@ class Trainer:
         if self._console and cfg.logging.console != "off":
             self.hooks.add(ConsoleHook(mode=cfg.logging.console, interval_s=cfg.logging.log_interval_s))
         self.hooks.add(MetricsFileHook(self.run_dir))
+        if cfg.wandb.enabled and cfg.wandb.mode != "disabled":
+            from metta_rl.wandb_hook import WandbHook
+
+            self.hooks.add(WandbHook(cfg.wandb))
         for hook in self._user_hooks:
             self.hooks.add(hook)
         self._setup_done = True
