@@ -16,7 +16,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from metta_rl.config import TrainerConfig
+from metta_rl.config import ConfigError, TrainerConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 CONFIG_NAME = "train"
@@ -43,30 +43,22 @@ def one_line(exc: BaseException) -> str:
         return f"{head} (available: {', '.join(sorted(exc.options))})"
     match = re.match(r"Could not override '([^']+)'", lines[0]) if lines else None
     if match:
-        key = match.group(1)
-        return f"{key}: no such config field{_suggest(key)}"
+        return _unknown_key_message(match.group(1))
     text = " ".join(lines[:3]) if lines else type(exc).__name__
     return re.sub(r"\s+", " ", text)[:500]
 
 
-def _suggest(dotted: str) -> str:
-    """`` (did you mean 'ppo.gamma'?)`` for a mistyped dotted key of TrainerConfig, else ''."""
-    import dataclasses
-    import difflib
-    from typing import get_type_hints
-
-    cls: Any = TrainerConfig
-    parts = dotted.split(".")
-    for i, part in enumerate(parts):
-        names = [f.name for f in dataclasses.fields(cls)]
-        if part not in names:
-            close = difflib.get_close_matches(part, names, n=1)
-            return f" (did you mean '{'.'.join(parts[:i] + close)}'?)" if close else f" (allowed here: {', '.join(names)})"
-        hint = get_type_hints(cls)[part]
-        if not dataclasses.is_dataclass(hint):
-            return ""
-        cls = hint
-    return ""
+def _unknown_key_message(dotted: str) -> str:
+    """The schema's own message for an unknown dotted key: ``TrainerConfig.from_dict`` names it,
+    suggests the closest field and lists the allowed ones, the same as for a YAML typo."""
+    data: Any = None
+    for part in reversed(dotted.split(".")):
+        data = {part: data}
+    try:
+        TrainerConfig.from_dict(data)
+    except ConfigError as exc:
+        return str(exc)
+    return f"{dotted}: no such config field"
 
 
 def to_trainer_config(cfg: DictConfig) -> TrainerConfig:

@@ -35,8 +35,9 @@ def compute_gae(
     Returns ``(advantages, returns)``, both ``[rows, T]``, with ``returns = advantages + V``.
     """
     num_steps = rewards.shape[1]
-    not_terminated = 1.0 - terminated.to(rewards.dtype)
-    not_done = 1.0 - torch.maximum(terminated.to(rewards.dtype), truncated.to(rewards.dtype))
+    terminated = terminated.to(rewards.dtype)
+    not_terminated = 1.0 - terminated
+    not_done = 1.0 - torch.maximum(terminated, truncated.to(rewards.dtype))
     deltas = rewards + gamma * values[:, 1:] * not_terminated - values[:, :-1]
     advantages = torch.zeros_like(rewards)
     last = torch.zeros_like(rewards[:, 0])
