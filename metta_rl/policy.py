@@ -179,12 +179,3 @@ def entropy(logits: torch.Tensor, nvec: list[int]) -> torch.Tensor:
         logp = torch.log_softmax(logits, dim=-1)
         return -(logp.exp() * logp).sum(-1)
     return torch.stack([entropy(h, [h.shape[-1]]) for h in torch.split(logits, nvec, dim=-1)], -1).sum(-1)
-
-
-def logprob_entropy(
-    logits: torch.Tensor, actions: torch.Tensor, nvec: list[int], *, entropy_grad: bool = True
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(log_prob, entropy)``; ``entropy_grad=False`` keeps the entropy out of autograd."""
-    with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
-        ent = entropy(logits, nvec)
-    return log_prob(logits, actions, nvec), ent

@@ -13,7 +13,7 @@ from torch import nn
 from metta_rl.config import ConfigError, OptimizerConfig, PolicyConfig
 from metta_rl.episodes import EpisodeTracker
 from metta_rl.optimizer import OptimizerManager, scheduled_lr
-from metta_rl.policy import ActorCritic, action_nvec, logprob_entropy, sample_actions
+from metta_rl.policy import ActorCritic, action_nvec, entropy, log_prob, sample_actions
 from metta_rl.progress import TrainingProgress, crossed
 
 torch.set_num_threads(1)
@@ -380,29 +380,29 @@ def test_sample_actions_stochastic_follows_probabilities():
     assert torch.allclose(logprob, torch.where(actions[:, 0] == 1, math.log(0.8), math.log(0.2)), atol=1e-6)
 
 
-def test_logprob_entropy_matches_categorical_single_head():
+def test_log_prob_and_entropy_match_categorical_single_head():
     g = torch.Generator().manual_seed(4)
     logits = torch.randn(10, 2, generator=g)
     actions = torch.randint(0, 2, (10, 1), generator=g)
-    logprob, entropy = logprob_entropy(logits, actions, [2])
+    logprob, ent = log_prob(logits, actions, [2]), entropy(logits, [2])
     dist = torch.distributions.Categorical(logits=logits)
-    assert logprob.shape == (10,) and entropy.shape == (10,)
+    assert logprob.shape == (10,) and ent.shape == (10,)
     assert torch.allclose(logprob, dist.log_prob(actions[:, 0]), atol=1e-6)
-    assert torch.allclose(entropy, dist.entropy(), atol=1e-6)
+    assert torch.allclose(ent, dist.entropy(), atol=1e-6)
 
 
-def test_logprob_entropy_matches_categorical_multi_head_summed():
+def test_log_prob_and_entropy_match_categorical_multi_head_summed():
     g = torch.Generator().manual_seed(5)
     logits = torch.randn(4, 6, 7, generator=g)  # [rows, T, 3 + 4], as in recurrent training
     actions = torch.stack(
         [torch.randint(0, 3, (4, 6), generator=g), torch.randint(0, 4, (4, 6), generator=g)], dim=-1
     )
-    logprob, entropy = logprob_entropy(logits, actions, [3, 4])
-    assert logprob.shape == (4, 6) and entropy.shape == (4, 6)
+    logprob, ent = log_prob(logits, actions, [3, 4]), entropy(logits, [3, 4])
+    assert logprob.shape == (4, 6) and ent.shape == (4, 6)
     d0 = torch.distributions.Categorical(logits=logits[..., :3])
     d1 = torch.distributions.Categorical(logits=logits[..., 3:])
     assert torch.allclose(logprob, d0.log_prob(actions[..., 0]) + d1.log_prob(actions[..., 1]), atol=1e-6)
-    assert torch.allclose(entropy, d0.entropy() + d1.entropy(), atol=1e-6)
+    assert torch.allclose(ent, d0.entropy() + d1.entropy(), atol=1e-6)
 
 
 def test_sample_then_logprob_agree():
@@ -410,7 +410,7 @@ def test_sample_then_logprob_agree():
     torch.manual_seed(6)
     logits, _, _ = policy.forward_step(torch.randn(9, 4))
     actions, logprob = sample_actions(logits, policy.nvec)
-    again, _ = logprob_entropy(logits, actions, policy.nvec)
+    again = log_prob(logits, actions, policy.nvec)
     assert torch.allclose(logprob, again, atol=1e-6)
 
 

@@ -10,7 +10,7 @@ import torch
 
 from metta_rl.config import EnvConfig, PolicyConfig, VectorizationConfig
 from metta_rl.environment import EnvironmentManager
-from metta_rl.policy import ActorCritic, logprob_entropy
+from metta_rl.policy import ActorCritic, log_prob
 from metta_rl.progress import TrainingProgress
 from metta_rl.rollout import RolloutManager
 from metta_rl.trainer import Trainer
@@ -221,7 +221,7 @@ def replay_matches_buffer(policy: ActorCritic, buf) -> None:
     T = buf.horizon
     with torch.no_grad():
         logits, values = policy.forward_sequence(buf.obs[:, : T + 1], buf.state0, buf.first[:, : T + 1])
-        logprobs, _ = logprob_entropy(logits, buf.actions[:, : T + 1], policy.nvec)
+        logprobs = log_prob(logits, buf.actions[:, : T + 1], policy.nvec)
     torch.testing.assert_close(values, buf.values[:, : T + 1], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(logprobs, buf.logprobs[:, : T + 1], atol=1e-5, rtol=1e-5)
 
