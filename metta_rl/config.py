@@ -234,7 +234,11 @@ class TrainingLoopConfig:
 
 @dataclass
 class EvaluationConfig:
-    """Deterministic evaluation on a separate env, every ``evaluate_interval`` epochs and at the end."""
+    """Evaluation on envs of its own, every ``evaluate_interval`` epochs (crossing) and at the end.
+
+    ``tasks`` lists the env configs to score (one score each); empty means the training env.
+    ``replay=true`` writes an animated GIF of one eval episode to ``<run>/replays/``.
+    """
 
     enabled: bool = True
     num_episodes: int = 20
@@ -242,24 +246,57 @@ class EvaluationConfig:
     evaluate_interval: int = 0
     deterministic: bool = True
     max_steps: int = 1_000_000
+    tasks: list[EnvConfig] = field(default_factory=list)
+    replay: bool = False
+    replay_max_frames: int = 500
 
     def __post_init__(self) -> None:
         _check_int("evaluation.num_episodes", self.num_episodes, minimum=1)
         _check_int("evaluation.num_envs", self.num_envs, minimum=1)
         _check_int("evaluation.evaluate_interval", self.evaluate_interval, minimum=0)
         _check_int("evaluation.max_steps", self.max_steps, minimum=1)
+        _check_int("evaluation.replay_max_frames", self.replay_max_frames, minimum=2)
+        names = [t.name for t in self.tasks]
+        if len(set(names)) != len(names):
+            _fail("evaluation.tasks", names, "tasks with distinct names")
 
 
 @dataclass
 class CheckpointConfig:
-    """Checkpoint cadence and retention (written and read by the checkpoint subsystem)."""
+    """Checkpoint cadence and retention.
 
-    interval: int = 0
+    A checkpoint is written every ``interval`` epochs (crossing semantics; 0: only at the end
+    and on a signal). The newest ``keep_last`` are kept, plus the best by eval score when
+    ``keep_best``.
+    """
+
+    interval: int = 25
     keep_last: int = 3
+    keep_best: bool = True
 
     def __post_init__(self) -> None:
         _check_int("checkpoint.interval", self.interval, minimum=0)
         _check_int("checkpoint.keep_last", self.keep_last, minimum=1)
+
+
+@dataclass
+class GuardConfig:
+    """What happens when a loss or gradient is not finite.
+
+    Such an optimizer step is skipped and counted. After ``max_nonfinite_steps`` skipped steps
+    in a row the trainer restores the last good checkpoint and multiplies the learning rate by
+    ``lr_backoff``; if that happens ``max_rollbacks`` times in a row, the run stops.
+    """
+
+    max_nonfinite_steps: int = 10
+    lr_backoff: float = 0.5
+    max_rollbacks: int = 1
+
+    def __post_init__(self) -> None:
+        _check_int("guard.max_nonfinite_steps", self.max_nonfinite_steps, minimum=1)
+        if isinstance(self.lr_backoff, bool) or not isinstance(self.lr_backoff, (int, float)) or not 0 < self.lr_backoff <= 1:
+            _fail("guard.lr_backoff", self.lr_backoff, "a number in (0, 1]")
+        _check_int("guard.max_rollbacks", self.max_rollbacks, minimum=0)
 
 
 @dataclass
@@ -278,15 +315,34 @@ class WandbConfig:
 
 
 @dataclass
+class TensorboardConfig:
+    """TensorBoard scalars (the optional ``tensorboard`` extra), written to ``<run>/tensorboard``."""
+
+    enabled: bool = False
+
+
+@dataclass
 class LoggingConfig:
-    """Console output. ``console=auto`` uses a live table on a terminal, plain lines otherwise."""
+    """Console output and run monitoring.
+
+    ``console=auto`` uses a live table on a terminal, plain lines otherwise. ``heartbeat``
+    touches ``<run>/heartbeat`` every epoch for external watchdogs. ``profile_epochs=[a, b]``
+    records a torch-profiler trace of epochs a..b-1 to ``<run>/profile/``.
+    """
 
     console: str = "auto"
     log_interval_s: float = 1.0
+    system_monitor: bool = True
+    heartbeat: bool = True
+    profile_epochs: list[int] | None = None
 
     def __post_init__(self) -> None:
         _check_choice("logging.console", self.console, ("auto", "rich", "plain", "off"))
         _check_positive("logging.log_interval_s", self.log_interval_s, allow_zero=True)
+        if self.profile_epochs is not None and (
+            len(self.profile_epochs) != 2 or not 0 <= self.profile_epochs[0] < self.profile_epochs[1]
+        ):
+            _fail("logging.profile_epochs", self.profile_epochs, "[first, end) epochs with 0 <= first < end")
 
 
 @dataclass
@@ -305,8 +361,12 @@ class TrainerConfig:
     vectorization: VectorizationConfig = field(default_factory=VectorizationConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    guard: GuardConfig = field(default_factory=GuardConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
+    tensorboard: TensorboardConfig = field(default_factory=TensorboardConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    # User hooks: "module:Class" or {"target": "module:Class", <constructor kwargs>}.
+    hooks: list[Any] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         _check_int("seed", self.seed, minimum=0)
@@ -314,6 +374,10 @@ class TrainerConfig:
             _fail("run", self.run, "a folder name without '/'")
         if not isinstance(self.resume, str) or not self.resume:
             _fail("resume", self.resume, "'auto', 'never' or a checkpoint path")
+        for i, spec in enumerate(self.hooks):
+            target = spec.get("target") if isinstance(spec, dict) else spec
+            if not isinstance(target, str) or target.count(":") != 1:
+                _fail(f"hooks[{i}]", spec, "'module:Class' or a mapping with target: 'module:Class'")
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -380,6 +444,8 @@ def _coerce(name: str, hint: Any, value: Any) -> Any:
     if origin is list:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{name}={value!r} is invalid: expected a list")
+        if args and dataclasses.is_dataclass(args[0]):
+            return [_build(args[0], v, prefix=f"{name}[{i}].") for i, v in enumerate(value)]
         return [_coerce(f"{name}[{i}]", args[0], v) for i, v in enumerate(value)] if args else list(value)
     if origin is dict:
         if not isinstance(value, dict):

@@ -1,36 +1,85 @@
-"""Hooks: every side effect of training (console, metrics file, loggers) on a small lifecycle.
+"""Hooks: every side effect of training (console, records, loggers) on a small lifecycle.
 
-A hook never changes the training math: it receives read-only values (progress, rollout
-result, the epoch's metrics) and returns nothing. A hook that raises is reported once and
-disabled; the run goes on. Failures that must stop a run (a checkpoint that cannot be
-written) do not belong in a hook.
+A hook never changes the training math: it receives read-only values (progress, the rollout
+result, losses, eval results, the epoch's metrics) and returns nothing, except
+``custom_metrics``, whose dict is merged into the epoch's metrics before any hook sees them.
+A hook that raises is reported once and disabled; the run goes on. Failures that must stop a
+run (a checkpoint that cannot be written) do not belong in a hook.
+
+Handlers are called with keyword arguments, and only those their signature names (or all of
+them, given ``**kwargs``), so a hook declares just what it reads::
+
+    class MyHook(Hook):
+        def custom_metrics(self, *, report):
+            return {"custom/long_episodes": sum(l > 200 for l in report.rollout.episode_lengths)}
+
+        def on_epoch_end(self, *, progress, metrics):
+            print(progress.agent_step, metrics["overview/sps"])
 """
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import logging
-from collections.abc import Iterable
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
+from metta_rl.config import ConfigError
 from metta_rl.progress import TrainingProgress
 
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class EpochReport:
+    """Everything one epoch produced, for hooks to read (never to change).
+
+    ``rollout`` is a :class:`~metta_rl.rollout.RolloutResult`, ``losses`` a
+    :class:`~metta_rl.training.LossStats`, ``eval`` an :class:`~metta_rl.evaluation.EvalResult`
+    when an evaluation ran this epoch, ``timings`` a :class:`~metta_rl.stats.EpochTimings`.
+    """
+
+    progress: TrainingProgress
+    rollout: Any
+    losses: Any
+    timings: Any
+    eval: Any = None
+
+
 class Hook:
-    """Override any of these; each is called with keyword arguments."""
+    """Override any of these; each is called with keyword arguments it names."""
 
     def on_train_start(self, *, progress: TrainingProgress, config: Any, run_dir: Any) -> None: ...
 
     def on_rollout_end(self, *, progress: TrainingProgress, rollout: Any) -> None: ...
 
-    def on_epoch_end(self, *, progress: TrainingProgress, metrics: dict[str, float]) -> None: ...
+    def custom_metrics(self, *, report: EpochReport) -> Mapping[str, float] | None:
+        """Extra metrics for this epoch (``{"custom/name": value}``): they reach every sink."""
+        return None
+
+    def on_epoch_end(
+        self, *, progress: TrainingProgress, metrics: Mapping[str, float], report: EpochReport
+    ) -> None: ...
+
+    def on_checkpoint(self, *, progress: TrainingProgress, path: Any) -> None:
+        """A checkpoint directory was written (complete) at ``path``."""
 
     def on_train_end(self, *, progress: TrainingProgress, summary: dict[str, Any]) -> None: ...
 
     def on_failure(self, *, progress: TrainingProgress, error: BaseException) -> None: ...
 
     def close(self) -> None: ...
+
+
+def _accepted(method: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    params = inspect.signature(method).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return kwargs
+    names = {p.name for p in params}
+    return {k: v for k, v in kwargs.items() if k in names}
 
 
 class HookList:
@@ -40,13 +89,34 @@ class HookList:
     def add(self, hook: Hook) -> None:
         self.hooks.append(hook)
 
+    def _disable(self, hook: Hook, event: str, exc: BaseException) -> None:
+        log.warning(
+            "hook %s failed in %s and is disabled: %s: %s", type(hook).__name__, event, type(exc).__name__, exc
+        )
+        if hook in self.hooks:
+            self.hooks.remove(hook)
+
     def call(self, event: str, **kwargs: Any) -> None:
         for hook in list(self.hooks):
             try:
-                getattr(hook, event)(**kwargs)
+                method = getattr(hook, event)
+                method(**_accepted(method, kwargs))
             except Exception as exc:  # noqa: BLE001 - a logger must not kill a run
-                log.warning("hook %s failed in %s and is disabled: %s: %s", type(hook).__name__, event, type(exc).__name__, exc)
-                self.hooks.remove(hook)
+                self._disable(hook, event, exc)
+
+    def custom_metrics(self, report: EpochReport) -> dict[str, float]:
+        """Merge every hook's custom metrics; a bad value disables its hook like an exception."""
+        merged: dict[str, float] = {}
+        for hook in list(self.hooks):
+            try:
+                extra = hook.custom_metrics(report=report)
+                for key, value in (extra or {}).items():
+                    if not isinstance(key, str) or isinstance(value, bool) or not isinstance(value, (int, float)):
+                        raise TypeError(f"custom metric {key!r}={value!r} is not a name and a number")
+                    merged[key] = float(value) if math.isfinite(value) else math.nan
+            except Exception as exc:  # noqa: BLE001
+                self._disable(hook, "custom_metrics", exc)
+        return merged
 
     def close(self) -> None:
         for hook in self.hooks:
@@ -54,3 +124,25 @@ class HookList:
                 hook.close()
             except Exception as exc:  # noqa: BLE001
                 log.warning("hook %s failed to close: %s", type(hook).__name__, exc)
+
+
+def hook_from_spec(spec: str | Mapping[str, Any], index: int) -> Hook:
+    """Build a user hook from the config: ``"module:Class"`` or ``{"target": ..., **kwargs}``."""
+    if isinstance(spec, Mapping):
+        kwargs = {k: v for k, v in spec.items() if k != "target"}
+        target = spec["target"]
+    else:
+        kwargs, target = {}, spec
+    module_name, _, attr = target.partition(":")
+    field_name = f"hooks[{index}]"
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"{field_name}={target!r} is invalid: cannot import it ({exc})") from None
+    try:
+        hook = factory(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"{field_name}={target!r} is invalid: {exc}") from None
+    if not isinstance(hook, Hook):
+        raise ConfigError(f"{field_name}={target!r} is invalid: expected a metta_rl.hooks.Hook subclass")
+    return hook

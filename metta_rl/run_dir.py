@@ -10,13 +10,13 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from metta_rl.hooks import Hook
-from metta_rl.progress import TrainingProgress
 
 RECORD_FILES = ("config.yaml", "metrics.jsonl", "summary.json")
 
@@ -28,7 +28,7 @@ class RunExistsError(FileExistsError):
 def _jsonable(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
-    if isinstance(value, dict):
+    if isinstance(value, Mapping):
         return {k: _jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
@@ -76,7 +76,7 @@ class RunDirectory:
         self.path.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.path / "config.yaml", yaml.safe_dump(config, sort_keys=False))
 
-    def append_metrics(self, metrics: dict[str, Any]) -> None:
+    def append_metrics(self, metrics: Mapping[str, Any]) -> None:
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(_jsonable(metrics)) + "\n")
 
@@ -90,5 +90,5 @@ class MetricsFileHook(Hook):
     def __init__(self, run_dir: RunDirectory) -> None:
         self.run_dir = run_dir
 
-    def on_epoch_end(self, *, progress: TrainingProgress, metrics: dict[str, float]) -> None:  # noqa: ARG002
+    def on_epoch_end(self, *, metrics: Mapping[str, float]) -> None:
         self.run_dir.append_metrics(metrics)

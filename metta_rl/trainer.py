@@ -15,21 +15,22 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
 import torch
 
+from metta_rl.builtin_hooks import default_hooks
 from metta_rl.config import ConfigError, TrainerConfig
-from metta_rl.console import ConsoleHook
 from metta_rl.environment import EnvironmentManager
 from metta_rl.evaluation import EvalResult, EvaluationManager
-from metta_rl.hooks import Hook, HookList
+from metta_rl.hooks import EpochReport, Hook, HookList, hook_from_spec
 from metta_rl.optimizer import OptimizerManager
 from metta_rl.policy import ActorCritic
 from metta_rl.progress import TrainingProgress
 from metta_rl.rollout import RolloutManager
-from metta_rl.run_dir import MetricsFileHook, RunDirectory
+from metta_rl.run_dir import RunDirectory
 from metta_rl.stats import EpochTimings, StatsManager
 from metta_rl.training import TrainingManager
 
@@ -73,7 +74,8 @@ class Trainer:
             run_dir = Path(self.config.runs_dir) / (self.config.run or default_run_name(self.config))
         self.run_dir = RunDirectory(run_dir)
         self.hooks = HookList()
-        self._user_hooks = list(hooks)
+        # Config hooks are built here, so an unimportable one fails before anything runs.
+        self._user_hooks = [hook_from_spec(spec, i) for i, spec in enumerate(self.config.hooks)] + list(hooks)
         self._console = console
         self.progress = TrainingProgress(total_timesteps=step_budget(self.config))
         self.policy: ActorCritic | None = None
@@ -122,14 +124,11 @@ class Trainer:
         except BaseException:
             self.cleanup()
             raise
-        if self._console and cfg.logging.console != "off":
-            self.hooks.add(ConsoleHook(mode=cfg.logging.console, interval_s=cfg.logging.log_interval_s))
-        self.hooks.add(MetricsFileHook(self.run_dir))
-        if cfg.wandb.enabled and cfg.wandb.mode != "disabled":
-            from metta_rl.wandb_hook import WandbHook
-
-            self.hooks.add(WandbHook(cfg.wandb))
+        # User hooks run first, so their custom metrics and checks see each epoch before the
+        # sinks (console, files, loggers) write it.
         for hook in self._user_hooks:
+            self.hooks.add(hook)
+        for hook in default_hooks(cfg, self.run_dir, console=self._console):
             self.hooks.add(hook)
         self._setup_done = True
         return self
@@ -172,10 +171,13 @@ class Trainer:
         prev = self.progress
         step_after, epoch_after = prev.agent_step + rollout.agent_steps, prev.epoch + 1
         eval_metrics: dict[str, float] = {}
+        epoch_eval: EvalResult | None = None
         final = step_after >= prev.total_timesteps
         if self.evaluator is not None and (self.evaluator.due(prev.epoch, epoch_after) or final):
-            self.last_eval = self.evaluator.evaluate(self.policy, agent_step=step_after, epoch=epoch_after)
-            eval_metrics = self.last_eval.as_metrics()
+            self.last_eval = epoch_eval = self.evaluator.evaluate(
+                self.policy, agent_step=step_after, epoch=epoch_after
+            )
+            eval_metrics = epoch_eval.as_metrics()
         t3 = time.perf_counter()
         self.progress = progress = prev.advance(
             agent_steps=rollout.agent_steps, episodes=rollout.episodes, wall_seconds=t3 - t0
@@ -185,8 +187,10 @@ class Trainer:
         )
         metrics = self.stats.record(progress, rollout, losses, timings, self.optimizer.lr)
         metrics.update(eval_metrics)
+        report = EpochReport(progress=progress, rollout=rollout, losses=losses, timings=timings, eval=epoch_eval)
+        metrics.update(self.hooks.custom_metrics(report))
         self.last_metrics = metrics
-        self.hooks.call("on_epoch_end", progress=progress, metrics=metrics)
+        self.hooks.call("on_epoch_end", progress=progress, metrics=MappingProxyType(metrics), report=report)
         return metrics
 
     def train(self) -> TrainResult:
