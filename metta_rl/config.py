@@ -309,6 +309,7 @@ class WandbConfig:
     group: str | None = None
     tags: list[str] = field(default_factory=list)
     mode: str = "offline"
+    log_checkpoints: bool = False
 
     def __post_init__(self) -> None:
         _check_choice("wandb.mode", self.mode, ("online", "offline", "disabled"))

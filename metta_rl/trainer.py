@@ -207,6 +207,17 @@ class Trainer:
         self.hooks.call("on_train_end", progress=self.progress, summary=summary)
         return TrainResult(summary=summary, progress=self.progress, metrics=self.last_metrics, eval=self.last_eval)
 
+    def evaluate(self) -> EvalResult:
+        """Evaluate the current policy now (as configured in ``evaluation``), outside the schedule."""
+        self._start()
+        if self.evaluator is None:
+            raise ConfigError("evaluation.enabled=False is invalid for Trainer.evaluate(): expected true")
+        assert self.policy is not None
+        self.last_eval = self.evaluator.evaluate(
+            self.policy, agent_step=self.progress.agent_step, epoch=self.progress.epoch
+        )
+        return self.last_eval
+
     def summary(self) -> dict[str, Any]:
         p = self.progress
         ev = self.last_eval
