@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import time
 from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import Any
 
 import gymnasium
@@ -12,7 +15,7 @@ import pufferlib
 import pufferlib.vector
 
 from metta_rl.config import ConfigError, EnvConfig, VectorizationConfig
-from metta_rl.envs import make_creators
+from metta_rl.envs import EnvStepError, make_creators
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +91,7 @@ class EnvironmentManager:
         except Exception as exc:  # noqa: BLE001 - any env construction failure, named
             raise EnvError(f"env {env.name!r} ({env.kind}:{env.id}) could not be created: {exc}") from exc
         self.backend = vectorization.backend
+        self.num_envs = num_envs
         self.observation_space: gymnasium.spaces.Box = self.vecenv.single_observation_space
         self.action_space: gymnasium.Space = self.vecenv.single_action_space
         self.num_agents: int = int(self.vecenv.num_agents)
@@ -106,16 +110,62 @@ class EnvironmentManager:
 
     def reset(self) -> None:
         """Start every env (pufferlib's seed is replaced by each env's own, see envs.py)."""
-        self.vecenv.async_reset(self.seed)
+        with self._named_failures():
+            self.vecenv.async_reset(self.seed)
 
     def recv(self) -> EnvBatch:
-        obs, rewards, terminals, truncations, _teacher, infos, agent_ids, masks = self.vecenv.recv()
+        if self.backend == "multiprocessing":
+            self._await_workers()
+        with self._named_failures():
+            obs, rewards, terminals, truncations, _teacher, infos, agent_ids, masks = self.vecenv.recv()
         start = int(agent_ids[0])
         return EnvBatch(obs, rewards, terminals, truncations, masks, slice(start, start + len(agent_ids)), infos)
 
     def send(self, actions: np.ndarray) -> None:
         """``actions`` is ``[agents, heads]``; a Discrete space takes the single column."""
-        self.vecenv.send(actions[:, 0] if self.single_action else actions)
+        with self._named_failures():
+            self.vecenv.send(actions[:, 0] if self.single_action else actions)
+
+    @contextlib.contextmanager
+    def _named_failures(self) -> Iterator[None]:
+        """Any exception from the envs becomes one :class:`EnvError` naming the env."""
+        try:
+            yield
+        except EnvError:
+            raise
+        except EnvStepError as exc:
+            raise EnvError(f"env {self.env_config.name!r}: {exc}") from exc
+        except Exception as exc:
+            cfg = self.env_config
+            raise EnvError(f"env {cfg.name!r} ({cfg.kind}:{cfg.id}) raised {type(exc).__name__}: {exc}") from exc
+
+    def _await_workers(self) -> None:
+        """Wait for the workers the next ``recv`` needs, checking they are alive.
+
+        pufferlib's ``recv`` spins on shared-memory flags forever if a worker has died (an env
+        raised, or it was killed); here the same wait notices the dead process and names it.
+        """
+        vec = self.vecenv
+        sems = vec.buf["semaphores"]
+        need = vec.waiting_workers[: vec.workers_per_batch]
+        if (sems[need] >= pufferlib.vector.MAIN).all():
+            return
+        next_check = time.monotonic() + 0.05
+        while not (sems[need] >= pufferlib.vector.MAIN).all():
+            if time.monotonic() >= next_check:
+                self.check_workers()
+                next_check = time.monotonic() + 0.05
+
+    def check_workers(self) -> None:
+        """Raise :class:`EnvError` naming the first dead worker and the envs it ran."""
+        per_worker = len(self.vecenv.processes) and self.num_envs // len(self.vecenv.processes)
+        for w, proc in enumerate(getattr(self.vecenv, "processes", ())):
+            if proc.exitcode is not None:
+                how = f"was killed by signal {-proc.exitcode}" if proc.exitcode < 0 else f"exited with code {proc.exitcode}"
+                raise EnvError(
+                    f"env {self.env_config.name!r}: worker {w} (pid {proc.pid}, envs {w * per_worker}-"
+                    f"{(w + 1) * per_worker - 1}) {how}; its traceback, if any, is above"
+                )
 
     def close(self) -> None:
         if self._closed:

@@ -10,8 +10,12 @@ between episodes.
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import importlib
+import multiprocessing
+import signal
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,29 +62,62 @@ def _resolve_callable(path: str) -> Any:
     return getattr(module, attr)
 
 
-class _SeededGymReset(gymnasium.Wrapper):
-    """Gymnasium wrapper that replaces pufferlib's reset seed with the env's own seed."""
+class EnvStepError(RuntimeError):
+    """An env raised while stepping or resetting; the message names the env and its index."""
 
-    def __init__(self, env: gymnasium.Env, seed: int) -> None:
+
+def _named_errors(label: str, call: Any, *args: Any, **kwargs: Any) -> Any:
+    try:
+        return call(*args, **kwargs)
+    except EnvStepError:
+        raise
+    except Exception as exc:
+        raise EnvStepError(f"env #{label} raised {type(exc).__name__}: {exc}") from exc
+
+
+class _SeededGymReset(gymnasium.Wrapper):
+    """Gymnasium wrapper that replaces pufferlib's reset seed with the env's own seed, and
+    names the env (id and index) in any exception it raises."""
+
+    def __init__(self, env: gymnasium.Env, seed: int, label: str) -> None:
         super().__init__(env)
         self._own_seed = seed
+        self._label = label
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
-        return self.env.reset(seed=self._own_seed if seed is not None else None, options=options)
+        own = self._own_seed if seed is not None else None
+        return _named_errors(self._label, self.env.reset, seed=own, options=options)
+
+    def step(self, action: Any):
+        return _named_errors(self._label, self.env.step, action)
 
 
 class _SeededParallelEnv:
-    """PettingZoo ParallelEnv proxy that replaces pufferlib's reset seed with the env's own seed."""
+    """PettingZoo ParallelEnv proxy that replaces pufferlib's reset seed with the env's own
+    seed, and names the env in any exception it raises."""
 
-    def __init__(self, env: Any, seed: int) -> None:
+    def __init__(self, env: Any, seed: int, label: str) -> None:
         self._env = env
         self._own_seed = seed
+        self._label = label
 
     def reset(self, seed: int | None = None, options: dict | None = None):
-        return self._env.reset(seed=self._own_seed if seed is not None else None, options=options)
+        own = self._own_seed if seed is not None else None
+        return _named_errors(self._label, self._env.reset, seed=own, options=options)
+
+    def step(self, actions: Any):
+        return _named_errors(self._label, self._env.step, actions)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._env, name)
+
+
+def _die_with_parent() -> None:
+    """Linux: have the kernel kill this worker when the trainer dies (even by SIGKILL), so a
+    killed run never leaves workers spinning."""
+    if sys.platform.startswith("linux"):
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 @dataclass(frozen=True)
@@ -96,15 +133,21 @@ class EnvCreator:
     render_mode: str | None = None
 
     def __call__(self, buf: Any = None, seed: int | None = None) -> Any:  # noqa: ARG002 (pufferlib's seed)
+        if multiprocessing.parent_process() is not None:
+            # In a vector-env worker: Ctrl-C is the trainer's to handle (it checkpoints, then
+            # closes the workers), so a terminal's SIGINT to the process group must not kill us.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            _die_with_parent()
         own_seed = env_seed(self.seed, self.stream, self.env_index)
         kwargs = dict(self.kwargs)
+        label = f"{self.env_index} ({self.env_id})"
         if self.kind == "gym":
             if self.render_mode is not None:
                 kwargs["render_mode"] = self.render_mode
-            env = _SeededGymReset(gymnasium.make(self.env_id, **kwargs), own_seed)
+            env = _SeededGymReset(gymnasium.make(self.env_id, **kwargs), own_seed, label)
             return pufferlib.emulation.GymnasiumPufferEnv(env=env, buf=buf)
         if self.kind == "pettingzoo":
-            env = _SeededParallelEnv(_resolve_callable(self.env_id)(**kwargs), own_seed)
+            env = _SeededParallelEnv(_resolve_callable(self.env_id)(**kwargs), own_seed, label)
             return pufferlib.emulation.PettingZooPufferEnv(env=env, buf=buf)
         if self.kind == "mettagrid":
             return _make_mettagrid(self.env_id, kwargs, buf, own_seed)

@@ -1,7 +1,9 @@
-"""The run directory ``<runs_dir>/<run>/``: resolved config, metrics.jsonl, summary.json.
+"""The run directory ``<runs_dir>/<run>/``: resolved config, metrics.jsonl, summary.json
+(and checkpoints/, see :mod:`metta_rl.checkpoint`).
 
 Nothing is written until the trainer is fully set up, so a bad config or a missing env never
-leaves a half-made run, and an existing run is never written into by a new one.
+leaves a half-made run. An existing run is resumed (``resume=auto``) or refused
+(``resume=never``), never silently mixed with a new one.
 """
 
 from __future__ import annotations
@@ -71,10 +73,25 @@ class RunDirectory:
                 f"run directory {self.path} already holds a run ({', '.join(existing)}): choose another run= name"
             )
 
-    def create(self, config: dict[str, Any]) -> None:
-        self.check_new()
+    def open(self, config: dict[str, Any], *, resume_step: int | None) -> None:
+        """Write the resolved config; when resuming, drop metrics rows past the checkpoint's
+        step (an interrupted run wrote them after its last checkpoint), so agent_step never
+        goes backwards. A fresh start in a run folder without checkpoints starts its records over."""
         self.path.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.path / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+        if resume_step is None:
+            for name in ("metrics.jsonl", "summary.json"):
+                (self.path / name).unlink(missing_ok=True)
+        elif self.metrics_path.exists():
+            kept = []
+            for line in self.metrics_path.read_text().splitlines(keepends=True):
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    continue  # the torn last line of a killed writer
+                if row.get("agent_step", 0) <= resume_step:
+                    kept.append(line)
+            atomic_write_text(self.metrics_path, "".join(kept))
 
     def append_metrics(self, metrics: Mapping[str, Any]) -> None:
         with open(self.metrics_path, "a") as f:

@@ -6,13 +6,18 @@
 
 Progress is one frozen :class:`TrainingProgress`, replaced once per epoch here and passed to
 the managers as an argument; no manager keeps a copy, and none holds a reference to the Trainer.
+
+A checkpoint is the union of every manager's ``state_dict`` plus progress and RNG states:
+:meth:`Trainer.checkpoint_state` is the one place that gathers it and
+:meth:`Trainer.load_checkpoint` the one place that puts it back (resume, rollback, notebooks).
 """
 
 from __future__ import annotations
 
+import logging
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from types import MappingProxyType
@@ -21,18 +26,28 @@ from typing import Any
 import numpy as np
 import torch
 
+from metta_rl import checkpoint as ckpt_files
 from metta_rl.builtin_hooks import default_hooks
+from metta_rl.checkpoint import Checkpoint, CheckpointError
 from metta_rl.config import ConfigError, TrainerConfig
 from metta_rl.environment import EnvironmentManager
 from metta_rl.evaluation import EvalResult, EvaluationManager
 from metta_rl.hooks import EpochReport, Hook, HookList, hook_from_spec
 from metta_rl.optimizer import OptimizerManager
 from metta_rl.policy import ActorCritic
-from metta_rl.progress import TrainingProgress
+from metta_rl.progress import TrainingProgress, crossed
 from metta_rl.rollout import RolloutManager
 from metta_rl.run_dir import RunDirectory
+from metta_rl.signals import StopSignals, TrainingInterrupted
 from metta_rl.stats import EpochTimings, StatsManager
 from metta_rl.training import TrainingManager
+
+
+log = logging.getLogger(__name__)
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (losses stay non-finite after a rollback). One line."""
 
 
 @dataclass
@@ -83,6 +98,11 @@ class Trainer:
         self.evaluator: EvaluationManager | None = None
         self.last_metrics: dict[str, float] = {}
         self.last_eval: EvalResult | None = None
+        self.resumed_from: Path | None = None
+        self.last_checkpoint: Path | None = None
+        self._saved_epoch: int | None = None
+        self._rollbacks_in_a_row = 0
+        self.rollbacks = 0
         self._setup_done = False
         self._started = False
 
@@ -92,7 +112,8 @@ class Trainer:
         if self._setup_done:
             return self
         cfg = self.config
-        self.run_dir.check_new()
+        if cfg.resume == "never":
+            self.run_dir.check_new()
         self.device = resolve_device(cfg.trainer.device)
         if cfg.trainer.torch_threads > 0:
             torch.set_num_threads(cfg.trainer.torch_threads)
@@ -120,7 +141,8 @@ class Trainer:
                 self.evaluator = EvaluationManager(
                     env=cfg.env, config=cfg.evaluation, seed=cfg.seed, device=self.device
                 )
-            self.run_dir.create(cfg.to_dict())
+            resumed = self._resume()
+            self.run_dir.open(cfg.to_dict(), resume_step=resumed.progress.agent_step if resumed else None)
         except BaseException:
             self.cleanup()
             raise
@@ -132,6 +154,167 @@ class Trainer:
             self.hooks.add(hook)
         self._setup_done = True
         return self
+
+    # ------------------------------------------------------------------ checkpoints
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.run_dir.path / ckpt_files.CHECKPOINTS
+
+    def _resume(self) -> Checkpoint | None:
+        """Load the checkpoint ``resume`` names; with ``auto``, the newest of this run that loads."""
+        cfg = self.config
+        if cfg.resume == "never":
+            return None
+        if cfg.resume == "auto":
+            candidates = ckpt_files.list_checkpoints(self.run_dir.path)
+            if not candidates:
+                return None
+        else:
+            candidates = [Path(cfg.resume)]
+        errors = []
+        for path in candidates:
+            try:
+                checkpoint = ckpt_files.load_checkpoint(path, map_location=self.device)
+                self.load_checkpoint(checkpoint)
+            except CheckpointError as exc:
+                if cfg.resume != "auto":
+                    raise
+                log.warning("skipping checkpoint: %s", exc)
+                errors.append(str(exc))
+                continue
+            self.resumed_from = checkpoint.path
+            log.info(
+                "resumed from %s at agent step %s (epoch %d)",
+                checkpoint.path, f"{checkpoint.progress.agent_step:,}", checkpoint.epoch,
+            )
+            return checkpoint
+        raise CheckpointError(
+            f"run {self.run_dir.path} has checkpoints but none can be resumed ({'; '.join(errors)}); "
+            "use resume=never with a new run name, or resume=<path>"
+        )
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """Everything that must survive a restart: the one place a checkpoint is gathered."""
+        assert self.policy is not None
+        return {
+            "policy": self.policy.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "training": self.training.state_dict(),
+            "stats": self.stats.state_dict(),
+            "evaluation": self.evaluator.state_dict() if self.evaluator is not None else None,
+            "progress": asdict(self.progress),
+            "rng": ckpt_files.capture_rng(),
+        }
+
+    def _spaces(self) -> dict[str, Any]:
+        assert self.env is not None and self.policy is not None
+        space = self.env.observation_space
+        return {
+            "observation": {"shape": list(space.shape), "dtype": str(space.dtype)},
+            "action": {"nvec": [int(n) for n in self.policy.nvec]},
+        }
+
+    def load_checkpoint(self, checkpoint: Checkpoint | str | Path, *, weights_only: bool = False) -> Checkpoint:
+        """Put a checkpoint back: the one place a checkpoint is restored (set-up trainer).
+
+        ``weights_only=True`` restores just the policy, optimizer and minibatch RNG (the
+        non-finite guard's rollback: progress and statistics keep counting).
+        """
+        if not isinstance(checkpoint, Checkpoint):
+            checkpoint = ckpt_files.load_checkpoint(checkpoint, map_location=self.device)
+        assert self.policy is not None
+        saved = checkpoint.metadata.get("spaces")
+        if saved is not None and saved != self._spaces():
+            raise CheckpointError(
+                f"checkpoint {checkpoint.path} was saved for other env spaces ({saved}); this env has {self._spaces()}"
+            )
+        state = checkpoint.state
+        ckpt_files.load_policy_state(self.policy, checkpoint)
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.training.load_state_dict(state["training"])
+            if not weights_only:
+                self.stats.load_state_dict(state["stats"])
+                if self.evaluator is not None and state["evaluation"] is not None:
+                    self.evaluator.load_state_dict(state["evaluation"])
+                saved_progress = TrainingProgress(**state["progress"])
+                # The step budget is this config's: a resumed run may be extended.
+                self.progress = replace(saved_progress, total_timesteps=step_budget(self.config))
+                ckpt_files.restore_rng(state["rng"])
+        except (KeyError, ValueError, RuntimeError, TypeError) as exc:
+            detail = " ".join(str(exc).split())[:200]
+            raise CheckpointError(
+                f"checkpoint {checkpoint.path} does not fit this trainer: {type(exc).__name__}: {detail}"
+            ) from None
+        self._saved_epoch = self.progress.epoch if not weights_only else self._saved_epoch
+        return checkpoint
+
+    def save_checkpoint(self) -> Path:
+        """Write a checkpoint of the current state; keep the last N and the best."""
+        assert self.policy is not None
+        if not self.optimizer.weights_finite():
+            raise TrainingError(
+                f"policy weights are not finite at epoch {self.progress.epoch}: refusing to write a checkpoint"
+            )
+        p = self.progress
+        ev = self.last_eval
+        path = ckpt_files.save_checkpoint(
+            self.checkpoints_dir / ckpt_files.checkpoint_name(p.epoch),
+            state=self.checkpoint_state(),
+            metadata={
+                "run": self.run_dir.path.name,
+                "progress": asdict(p),
+                "config": self.config.to_dict(),
+                "versions": ckpt_files.versions(),
+                "spaces": self._spaces(),
+                "metrics": dict(self.last_metrics),
+                "eval": None if ev is None else {
+                    "mean_return": ev.mean_return, "agent_step": ev.agent_step, "epoch": ev.epoch
+                },
+            },
+        )
+        best = self.evaluator.tracker.best if self.evaluator is not None else None
+        if self.config.checkpoint.keep_best and best is not None and best.epoch == p.epoch:
+            ckpt_files.set_best(self.checkpoints_dir, path)
+        ckpt_files.prune(self.checkpoints_dir, keep_last=self.config.checkpoint.keep_last)
+        self._saved_epoch = p.epoch
+        self.last_checkpoint = path
+        self.hooks.call("on_checkpoint", progress=p, path=path)
+        return path
+
+    def _checkpoint_due(self, prev_epoch: int, new_best: bool) -> bool:
+        if self._saved_epoch == self.progress.epoch:
+            return False
+        cfg = self.config.checkpoint
+        return self.progress.done or crossed(prev_epoch, self.progress.epoch, cfg.interval) or (
+            new_best and cfg.keep_best
+        )
+
+    # ------------------------------------------------------------------ non-finite guard
+    def _rollback(self) -> None:
+        """Too many non-finite steps in a row: restore the last good checkpoint, lower the LR."""
+        guard = self.config.guard
+        streak = self.optimizer.nonfinite_streak
+        if self._rollbacks_in_a_row >= guard.max_rollbacks:
+            raise TrainingError(
+                f"{streak} optimizer steps in a row had a non-finite loss or gradient after "
+                f"{self._rollbacks_in_a_row} rollback(s) (guard.max_rollbacks={guard.max_rollbacks}); stopping: "
+                "check the env's observations and rewards, or lower optimizer.learning_rate"
+            )
+        try:
+            checkpoint = ckpt_files.load_checkpoint(self.run_dir.path, map_location=self.device)
+        except CheckpointError as exc:
+            raise TrainingError(f"{streak} non-finite optimizer steps in a row and no checkpoint to restore: {exc}") from None
+        scale = self.optimizer.lr_scale * guard.lr_backoff
+        self.load_checkpoint(checkpoint, weights_only=True)
+        self.optimizer.lr_scale = scale
+        self._rollbacks_in_a_row += 1
+        self.rollbacks += 1
+        log.warning(
+            "%d optimizer steps in a row had a non-finite loss or gradient: restored %s and scaled the "
+            "learning rate by %g (now x%g of the schedule)",
+            streak, checkpoint.path, guard.lr_backoff, scale,
+        )
 
     def add_hook(self, hook: Hook) -> None:
         self.hooks.add(hook)
@@ -155,7 +338,14 @@ class Trainer:
             self.setup()
         if not self._started:
             self._started = True
-            self.hooks.call("on_train_start", progress=self.progress, config=self.config, run_dir=self.run_dir)
+            if self.resumed_from is None and not ckpt_files.list_checkpoints(self.run_dir.path):
+                # The initial policy: a resume point before the first interval, and the
+                # non-finite guard's rollback target.
+                self.save_checkpoint()
+            self.hooks.call(
+                "on_train_start",
+                progress=self.progress, config=self.config, run_dir=self.run_dir, resumed_from=self.resumed_from,
+            )
 
     def train_epoch(self) -> dict[str, float]:
         """Collect one batch, update once, evaluate if due; returns the epoch's metrics."""
@@ -166,18 +356,24 @@ class Trainer:
         self.hooks.call("on_rollout_end", progress=self.progress, rollout=rollout)
         t1 = time.perf_counter()
         losses = self.training.update(self.policy, self.optimizer, self.rollout.buffer, self.progress)
+        if self.optimizer.nonfinite_streak >= self.config.guard.max_nonfinite_steps:
+            self._rollback()
+        elif losses.skipped_steps == 0:
+            self._rollbacks_in_a_row = 0
         t2 = time.perf_counter()
 
         prev = self.progress
         step_after, epoch_after = prev.agent_step + rollout.agent_steps, prev.epoch + 1
         eval_metrics: dict[str, float] = {}
         epoch_eval: EvalResult | None = None
+        new_best = False
         final = step_after >= prev.total_timesteps
         if self.evaluator is not None and (self.evaluator.due(prev.epoch, epoch_after) or final):
             self.last_eval = epoch_eval = self.evaluator.evaluate(
                 self.policy, agent_step=step_after, epoch=epoch_after
             )
             eval_metrics = epoch_eval.as_metrics()
+            new_best = self.evaluator.tracker.best is epoch_eval
         t3 = time.perf_counter()
         self.progress = progress = prev.advance(
             agent_steps=rollout.agent_steps, episodes=rollout.episodes, wall_seconds=t3 - t0
@@ -187,18 +383,31 @@ class Trainer:
         )
         metrics = self.stats.record(progress, rollout, losses, timings, self.optimizer.lr)
         metrics.update(eval_metrics)
+        metrics["losses/rollbacks"] = self.rollbacks
         report = EpochReport(progress=progress, rollout=rollout, losses=losses, timings=timings, eval=epoch_eval)
         metrics.update(self.hooks.custom_metrics(report))
         self.last_metrics = metrics
         self.hooks.call("on_epoch_end", progress=progress, metrics=MappingProxyType(metrics), report=report)
+        # After the metrics line is written: a resume truncates metrics.jsonl to its checkpoint.
+        if self._checkpoint_due(prev.epoch, new_best):
+            self.save_checkpoint()
         return metrics
 
     def train(self) -> TrainResult:
-        """Train until ``trainer.total_timesteps`` agent steps; writes ``summary.json``."""
+        """Train until ``trainer.total_timesteps`` agent steps; writes ``summary.json``.
+
+        SIGINT/SIGTERM stop after the current epoch with a checkpoint and raise
+        :class:`TrainingInterrupted`; a second one raises ``KeyboardInterrupt`` at once.
+        """
         self._start()
         try:
-            while not self.progress.done:
-                self.train_epoch()
+            with StopSignals() as stop:
+                while not self.progress.done:
+                    self.train_epoch()
+                    if stop.signum is not None and not self.progress.done:
+                        path = self.last_checkpoint if self._saved_epoch == self.progress.epoch else None
+                        path = path or self.save_checkpoint()
+                        raise TrainingInterrupted(stop.signum, path, self.progress.agent_step)
         except BaseException as exc:
             self.hooks.call("on_failure", progress=self.progress, error=exc)
             raise
@@ -238,4 +447,8 @@ class Trainer:
             "best_eval_mean_return": best.mean_return if best else None,
             "best_eval_agent_step": best.agent_step if best else None,
             "time_split": self.stats.time_split(),
+            "last_checkpoint": str(self.last_checkpoint) if self.last_checkpoint else None,
+            "resumed_from": str(self.resumed_from) if self.resumed_from else None,
+            "skipped_steps": self.optimizer.skipped_steps,
+            "rollbacks": self.rollbacks,
         }

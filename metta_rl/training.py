@@ -40,6 +40,7 @@ class LossStats:
     explained_variance: float
     update_epochs: int
     minibatches: int
+    skipped_steps: int = 0
 
     def as_metrics(self) -> dict[str, float]:
         return {f"losses/{k}": float(v) for k, v in self.__dict__.items()}
@@ -106,6 +107,7 @@ class TrainingManager:
         weights_seen: list[torch.Tensor] = []
         scalars: list[torch.Tensor] = []
         epochs_run = 0
+        skipped_before = optim.skipped_steps
         # One minibatch: order is irrelevant, so skip the shuffle and prepare it once.
         single = [self._prepare(data)] if per_mb >= units else None
         for _ in range(self.loop.update_epochs):
@@ -162,6 +164,7 @@ class TrainingManager:
             explained_variance=ev,
             update_epochs=epochs_run,
             minibatches=steps,
+            skipped_steps=optim.skipped_steps - skipped_before,
         )
 
     def _prepare(self, mb: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -41,7 +41,7 @@ def test_tiny_run(tiny_run):
     runs, proc = tiny_run
     assert proc.returncode == 0, proc.stderr
     run = runs / "tiny"
-    assert sorted(p.name for p in run.iterdir()) == ["config.yaml", "metrics.jsonl", "summary.json"]
+    assert {"config.yaml", "metrics.jsonl", "summary.json", "checkpoints"} <= {p.name for p in run.iterdir()}
     # stdout is a pipe, not a tty: plain log lines, no live table or escape codes.
     lines = proc.stdout.splitlines()
     epoch_lines = [line for line in lines if line.startswith("epoch=")]
@@ -57,11 +57,11 @@ def test_tiny_run(tiny_run):
     assert "error" not in proc.stderr.lower()
 
 
-def test_existing_run_is_refused_and_left_unchanged(tiny_run):
+def test_existing_run_is_refused_with_resume_never_and_left_unchanged(tiny_run):
     runs, first = tiny_run
     assert first.returncode == 0, first.stderr
     before = snapshot(runs)
-    proc = train(*TINY, runs_dir=runs)
+    proc = train(*TINY, "resume=never", runs_dir=runs)
     assert proc.returncode != 0
     err = proc.stderr.splitlines()
     assert len(err) == 1 and err[0].startswith("error:"), proc.stderr

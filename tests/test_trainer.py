@@ -39,7 +39,7 @@ EPOCH_KEYS = {
 }
 SUMMARY_KEYS = {"agent_steps", "epochs", "wall_seconds", "sps", "eval_mean_return", "eval_std_return", "eval_episodes"}
 # Wall-clock metrics: the only ones allowed to differ between two identical runs.
-TIME_KEYS = ("wall_seconds", "overview/sps", "timing/")
+TIME_KEYS = ("wall_seconds", "overview/sps", "timing/", "system/")
 
 
 def read_metrics(run_dir) -> list[dict]:
@@ -104,7 +104,7 @@ def test_train_writes_config_metrics_and_summary(tmp_path):
     run = tmp_path / "run"
     with Trainer(cfg, run_dir=run, console=False) as trainer:
         result = trainer.train()
-    assert sorted(p.name for p in run.iterdir()) == ["config.yaml", "metrics.jsonl", "summary.json"]
+    assert {"config.yaml", "metrics.jsonl", "summary.json", "checkpoints"} <= {p.name for p in run.iterdir()}
 
     # config.yaml is the resolved config and builds the same TrainerConfig.
     saved = yaml.safe_load((run / "config.yaml").read_text())
@@ -251,13 +251,13 @@ def test_same_config_and_seed_give_identical_metrics(tmp_path):
 
 
 # ------------------------------------------------------------------------------ run directory
-def test_existing_run_directory_is_never_written(tmp_path):
-    cfg = make_config(trainer={"total_timesteps": 2 * BATCH})
+def test_with_resume_never_an_existing_run_directory_is_never_written(tmp_path):
+    cfg = make_config(trainer={"total_timesteps": 2 * BATCH}, resume="never")
     run = tmp_path / "run"
     with Trainer(cfg, run_dir=run, console=False) as trainer:
         trainer.train()
     before = snapshot(run)
-    assert set(before) == {"config.yaml", "metrics.jsonl", "summary.json"}
+    assert {"config.yaml", "metrics.jsonl", "summary.json"} <= set(before)
 
     with pytest.raises(RunExistsError, match=r"already holds a run \(config\.yaml, metrics\.jsonl, summary\.json\)"):
         Trainer(cfg, run_dir=run, console=False).setup()
@@ -275,8 +275,18 @@ def test_a_run_with_only_config_yaml_also_counts_as_existing(tmp_path):
     run.mkdir()
     (run / "config.yaml").write_text("seed: 0\n")
     with pytest.raises(RunExistsError, match="config.yaml"):
-        Trainer(make_config(), run_dir=run, console=False).setup()
+        Trainer(make_config(resume="never"), run_dir=run, console=False).setup()
     assert sorted(p.name for p in run.iterdir()) == ["config.yaml"]
+
+
+def test_auto_starts_over_a_run_that_never_wrote_a_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("seed: 0\n")
+    (run / "metrics.jsonl").write_text('{"agent_step": 999, "epoch": 9}\n')
+    with Trainer(make_config(trainer={"total_timesteps": BATCH}), run_dir=run, console=False) as trainer:
+        trainer.train()
+    assert [m["agent_step"] for m in read_metrics(run)] == [BATCH]
 
 
 def test_empty_existing_folder_can_hold_a_new_run(tmp_path):

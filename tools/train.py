@@ -5,7 +5,9 @@
     python tools/train.py -m env=cartpole seed=0,1,2 run=sweep
     python tools/train.py env=acrobot trainer.total_timesteps=200000 runs_dir=/tmp/runs
 
-Writes ``<runs_dir>/<run>/`` with config.yaml, metrics.jsonl and summary.json.
+Writes ``<runs_dir>/<run>/`` with config.yaml, metrics.jsonl, summary.json and checkpoints/.
+Running the same command (same ``run``) again resumes from the newest complete checkpoint.
+Ctrl-C or SIGTERM stop after the current epoch with a checkpoint (exit 130 / 143).
 """
 
 from __future__ import annotations
@@ -19,10 +21,12 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from metta_rl import cli  # noqa: E402
+from metta_rl.checkpoint import CheckpointError  # noqa: E402
 from metta_rl.config import ConfigError  # noqa: E402
 from metta_rl.environment import EnvError  # noqa: E402
 from metta_rl.run_dir import RunExistsError  # noqa: E402
-from metta_rl.trainer import Trainer  # noqa: E402
+from metta_rl.signals import TrainingInterrupted  # noqa: E402
+from metta_rl.trainer import Trainer, TrainingError  # noqa: E402
 
 
 @hydra.main(config_path=str(cli.CONFIG_DIR), config_name=cli.CONFIG_NAME, version_base=None)
@@ -31,10 +35,17 @@ def main(cfg: DictConfig) -> None:
         config = cli.to_trainer_config(cfg)
         with Trainer(config, run_dir=cli.run_dir_for_job(cfg)) as trainer:
             trainer.train()
-    except (ConfigError, RunExistsError) as exc:
+    except (ConfigError, RunExistsError, CheckpointError) as exc:
         cli.fail(str(exc), cli.EXIT_BAD_INPUT)
-    except EnvError as exc:
+    except (EnvError, TrainingError) as exc:
         cli.fail(str(exc), 1)
+    except TrainingInterrupted as exc:
+        # Envs and workers are closed by now (the Trainer's context manager).
+        print(str(exc), file=sys.stderr, flush=True)
+        raise SystemExit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr, flush=True)
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":
