@@ -29,8 +29,12 @@ def target_action(obs: np.ndarray) -> int:
 class TinyParallelEnv(ParallelEnv):
     metadata = {"name": "tiny_parallel_v0", "render_modes": []}
 
-    def __init__(self, episode_length: int = EPISODE_LENGTH, num_agents: int = NUM_AGENTS) -> None:
+    def __init__(
+        self, episode_length: int = EPISODE_LENGTH, num_agents: int = NUM_AGENTS, fail_at_step: int | None = None
+    ) -> None:
         self.episode_length = int(episode_length)
+        self.fail_at_step = fail_at_step  # raise on this step (counted over all episodes): fault tests
+        self._steps = 0
         self.possible_agents = [f"agent_{i}" for i in range(num_agents)]
         self.agents: list[str] = []
         self.render_mode = None
@@ -62,6 +66,9 @@ class TinyParallelEnv(ParallelEnv):
         return self._observe(), {a: {} for a in self.agents}
 
     def step(self, actions: dict[str, int]):
+        self._steps += 1
+        if self.fail_at_step is not None and self._steps >= self.fail_at_step:
+            raise RuntimeError(f"tiny env failed on purpose at step {self._steps}")
         rewards = {
             a: float(int(actions[a]) == target_action(self._obs[a])) if a in actions else 0.0 for a in self.agents
         }
