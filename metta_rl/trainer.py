@@ -103,6 +103,7 @@ class Trainer:
         self._saved_epoch: int | None = None
         self._rollbacks_in_a_row = 0
         self.rollbacks = 0
+        self.eval_failures = 0
         self._setup_done = False
         self._started = False
 
@@ -369,11 +370,11 @@ class Trainer:
         new_best = False
         final = step_after >= prev.total_timesteps
         if self.evaluator is not None and (self.evaluator.due(prev.epoch, epoch_after) or final):
-            self.last_eval = epoch_eval = self.evaluator.evaluate(
-                self.policy, agent_step=step_after, epoch=epoch_after
-            )
-            eval_metrics = epoch_eval.as_metrics()
-            new_best = self.evaluator.tracker.best is epoch_eval
+            epoch_eval = self._evaluate(agent_step=step_after, epoch=epoch_after)
+            if epoch_eval is not None:
+                eval_metrics = epoch_eval.as_metrics()
+                new_best = self.evaluator.tracker.best is epoch_eval
+            eval_metrics["eval/failures"] = self.eval_failures
         t3 = time.perf_counter()
         self.progress = progress = prev.advance(
             agent_steps=rollout.agent_steps, episodes=rollout.episodes, wall_seconds=t3 - t0
@@ -416,14 +417,29 @@ class Trainer:
         self.hooks.call("on_train_end", progress=self.progress, summary=summary)
         return TrainResult(summary=summary, progress=self.progress, metrics=self.last_metrics, eval=self.last_eval)
 
+    def _evaluate(self, *, agent_step: int, epoch: int) -> EvalResult | None:
+        """A scheduled evaluation. One that fails is reported and counted; training goes on."""
+        assert self.evaluator is not None and self.policy is not None
+        replay_dir = self.run_dir.path / "replays" if self.config.evaluation.replay else None
+        try:
+            result = self.evaluator.evaluate(self.policy, agent_step=agent_step, epoch=epoch, replay_dir=replay_dir)
+        except Exception as exc:  # noqa: BLE001 - an eval env's failure must not end training
+            self.eval_failures += 1
+            log.warning("evaluation at epoch %d failed and was skipped (training goes on): %s", epoch, exc)
+            return None
+        self.last_eval = result
+        return result
+
     def evaluate(self) -> EvalResult:
-        """Evaluate the current policy now (as configured in ``evaluation``), outside the schedule."""
+        """Evaluate the current policy now (as configured in ``evaluation``), outside the schedule.
+        Unlike a scheduled one, a failure here raises."""
         self._start()
         if self.evaluator is None:
             raise ConfigError("evaluation.enabled=False is invalid for Trainer.evaluate(): expected true")
         assert self.policy is not None
+        replay_dir = self.run_dir.path / "replays" if self.config.evaluation.replay else None
         self.last_eval = self.evaluator.evaluate(
-            self.policy, agent_step=self.progress.agent_step, epoch=self.progress.epoch
+            self.policy, agent_step=self.progress.agent_step, epoch=self.progress.epoch, replay_dir=replay_dir
         )
         return self.last_eval
 

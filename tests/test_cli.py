@@ -119,3 +119,25 @@ def test_multirun_job_folders_are_direct_children_of_the_sweep(sweep):
     assert len(jobs) == 2
     for job in jobs:
         assert (job / "summary.json").exists(), sorted(str(p.relative_to(tmp_path)) for p in job.rglob("*"))
+
+
+def test_same_command_again_resumes_and_says_from_where(tmp_path):
+    args = ["env=cartpole", "trainer.total_timesteps=1024", "evaluation.num_episodes=2", "run=again",
+            "checkpoint.interval=2"]
+    first = train(*args, runs_dir=tmp_path)
+    assert first.returncode == 0, first.stderr
+    second = train(*args[:1], "trainer.total_timesteps=2048", *args[2:], runs_dir=tmp_path)
+    assert second.returncode == 0, second.stderr
+    checkpoint = tmp_path / "again" / "checkpoints" / "epoch_000004"
+    assert f"resumed from {checkpoint} at agent step 1,024 (epoch 4)" in second.stderr
+    metrics = [json.loads(line) for line in (tmp_path / "again" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["agent_step"] for m in metrics] == [256 * k for k in range(1, 9)]
+    assert json.loads((tmp_path / "again" / "summary.json").read_text())["agent_steps"] == 2048
+
+
+def test_damaged_resume_path_is_one_line(tmp_path):
+    bad = tmp_path / "nope"
+    proc = train("env=cartpole", "run=x", f"resume={bad}", runs_dir=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [f"error: checkpoint path {bad} does not exist"]
+    assert not (tmp_path / "x").exists()

@@ -462,3 +462,20 @@ def test_cartpole_learns_with_the_shipped_config(tmp_path):
     assert summary["eval_episodes"] == cfg.evaluation.num_episodes
     assert summary["eval_mean_return"] >= 475, summary
     assert not math.isnan(result.summary["episode_return"])
+
+
+# ------------------------------------------------------------------------------ eval failures
+def test_a_failing_eval_env_is_reported_and_training_goes_on(tmp_path, caplog):
+    from tests.integration_utils import PZ_ENV
+
+    bad = {**PZ_ENV, "name": "bad", "kwargs": {"fail_at_step": 3}}
+    cfg = make_config(env=PZ_ENV, trainer={"total_timesteps": 4 * BATCH},
+                      evaluation={"evaluate_interval": 2, "tasks": [bad]})
+    with caplog.at_level(logging.WARNING, logger="metta_rl"):
+        with Trainer(cfg, run_dir=tmp_path / "r", console=False) as trainer:
+            result = trainer.train()
+    assert result.progress.agent_step == 4 * BATCH and result.eval is None
+    failures = [m.get("eval/failures") for m in read_metrics(tmp_path / "r")]
+    assert failures == [None, 1, None, 2]
+    warnings = [r.getMessage() for r in caplog.records if "evaluation at epoch" in r.getMessage()]
+    assert len(warnings) == 2 and "bad" in warnings[0] and "training goes on" in warnings[0]
