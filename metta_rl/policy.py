@@ -147,19 +147,24 @@ class ActorCritic(nn.Module):
 
 # ---------------------------------------------------------------------- action heads
 def sample_actions(
-    logits: torch.Tensor, nvec: list[int], *, deterministic: bool = False
+    logits: torch.Tensor,
+    nvec: list[int],
+    *,
+    deterministic: bool = False,
+    generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sample (or take the argmax of) each head: ``(actions [B, heads] int64, logprob [B])``."""
+    """Sample (or take the argmax of) each head: ``(actions [B, heads] int64, logprob [B])``.
+    Samples come from ``generator`` when given (evaluation's own RNG), else the global RNG."""
     if len(nvec) == 1:
         logp = torch.log_softmax(logits, dim=-1)
         if deterministic:
             actions = logp.argmax(dim=-1, keepdim=True)
         else:
-            actions = torch.multinomial(logp.exp(), 1)
+            actions = torch.multinomial(logp.exp(), 1, generator=generator)
         return actions, logp.gather(-1, actions).squeeze(-1)
     acts, logps = [], []
     for head in torch.split(logits, nvec, dim=-1):
-        a, lp = sample_actions(head, [head.shape[-1]], deterministic=deterministic)
+        a, lp = sample_actions(head, [head.shape[-1]], deterministic=deterministic, generator=generator)
         acts.append(a)
         logps.append(lp)
     return torch.cat(acts, dim=-1), torch.stack(logps, dim=-1).sum(-1)

@@ -1,0 +1,218 @@
+"""Replays of one evaluation episode: an animated GIF for envs that render RGB frames, and
+MettaGrid's own replay format (MettaScope's zlib-compressed JSON, ``.json.z``) for MettaGrid.
+
+Recording uses an env of its own, built exactly like evaluation env 0 of the task (same seed,
+same seed stream, same env index, so the same reset seed) but with ``render_mode="rgb_array"``.
+Why a separate env: rendering then never touches the scored episodes (a render-mode env can
+differ in speed or even state, and a replay that fails must not cost the score), and with
+deterministic actions the recorded episode is env 0's first scored episode.
+
+Replays are a side effect: :func:`record_replay` returns ``(path, None)`` or
+``(None, reason)`` for an env it cannot record, and the caller warns once.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+import zlib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import gymnasium
+import numpy as np
+
+from metta_rl.config import EnvConfig, VectorizationConfig
+from metta_rl.environment import EnvironmentManager
+from metta_rl.episodes import EpisodeTracker
+
+# The policy acting on one env: ``(obs [agents, ...], first [agents] bool) -> actions [agents, heads]``.
+Act = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+GIF_MIN_FRAME_MS = 20  # browsers show GIF frames shorter than 20 ms at 100 ms
+DEFAULT_FPS = 30.0
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write via a temp file in the same folder, fsync, rename: never a half-written replay."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def gif_bytes(frames: Sequence[np.ndarray], *, fps: float = DEFAULT_FPS) -> bytes:
+    """An animated, looping GIF of ``[H, W, 3]`` uint8 frames.
+
+    All frames share one palette, computed once from a sample of frames: Pillow's default
+    (a palette per frame) is about ten times slower and makes colours flicker.
+    """
+    from PIL import Image
+
+    if not frames:
+        raise ValueError("a GIF needs at least one frame")
+    sample = frames[:: max(1, len(frames) // 8)][:8]
+    palette = Image.fromarray(np.concatenate(sample, axis=0)).quantize(colors=256, method=Image.Quantize.MEDIANCUT)
+    images = [Image.fromarray(f).quantize(palette=palette, dither=Image.Dither.NONE) for f in frames]
+    out = io.BytesIO()
+    images[0].save(
+        out,
+        format="GIF",
+        save_all=True,
+        append_images=images[1:],
+        duration=max(GIF_MIN_FRAME_MS, round(1000.0 / fps)),
+        loop=0,
+    )
+    return out.getvalue()
+
+
+def write_gif(frames: Sequence[np.ndarray], path: Path, *, fps: float = DEFAULT_FPS) -> Path:
+    atomic_write_bytes(path, gif_bytes(frames, fps=fps))
+    return path
+
+
+def _rgb(frame: Any) -> np.ndarray:
+    """A rendered frame as ``[H, W, 3]`` uint8, or a ValueError naming what came instead."""
+    arr = np.asarray(frame) if frame is not None else None
+    if arr is None or arr.ndim != 3 or arr.shape[2] not in (3, 4):
+        shape = None if arr is None else arr.shape
+        raise ValueError(f"render() returned {type(frame).__name__} of shape {shape}, expected an [H, W, 3] image")
+    if arr.dtype != np.uint8:
+        arr = np.clip(arr, 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(arr[:, :, :3])
+
+
+def _gym_render_modes(env_id: str) -> list[str]:
+    """The render modes a registered Gymnasium env declares (what ``gymnasium.make`` checks)."""
+    try:
+        from gymnasium.envs.registration import load_env_creator
+
+        spec = gymnasium.spec(env_id)
+        creator = spec.entry_point if callable(spec.entry_point) else load_env_creator(spec.entry_point)
+        return list(getattr(creator, "metadata", {}).get("render_modes", []))
+    except Exception:  # noqa: BLE001 - unknown means "cannot record", not a failure
+        return []
+
+
+def _base_env(puffer_env: Any) -> Any:
+    """The env under pufferlib's emulation layer (and our seeding wrapper)."""
+    return getattr(puffer_env, "env", puffer_env)
+
+
+def record_replay(
+    task: EnvConfig,
+    *,
+    seed: int,
+    stream: int,
+    act: Callable[[int], Act],
+    max_frames: int,
+    path_stem: Path,
+) -> tuple[Path | None, str | None]:
+    """Play one episode of ``task`` on a recording env and write its replay.
+
+    ``act(num_agents)`` makes the acting policy for that many agent rows. ``path_stem`` gets
+    the suffix ``.gif`` or ``.json.z``. At most ``max_frames`` frames (MettaGrid: steps) are
+    kept: a longer episode is cut there. Returns ``(path, None)``, or ``(None, reason)`` when
+    this env cannot be recorded; errors while recording propagate.
+    """
+    if task.kind == "gym" and "rgb_array" not in _gym_render_modes(task.id):
+        return None, f"Gymnasium env {task.id!r} has no render_mode='rgb_array'"
+    # Gymnasium's classic-control envs draw with pygame, whose import prints a banner to stdout.
+    os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
+    render_mode = "rgb_array" if task.kind == "gym" else None
+    env = EnvironmentManager(
+        env=task,
+        vectorization=VectorizationConfig(backend="serial", num_envs=1, num_workers=1),
+        seed=seed,
+        stream=stream,
+        render_mode=render_mode,
+    )
+    try:
+        puffer_env = env.vecenv.envs[0]
+        if task.kind == "mettagrid":
+            return _record_mettagrid(env, puffer_env, act(env.num_agents), max_frames, path_stem)
+        if getattr(puffer_env, "render_mode", None) != "rgb_array":
+            return None, f"{task.kind} env {task.id!r} was not created with render_mode='rgb_array'"
+        return _record_gif(env, puffer_env, act(env.num_agents), max_frames, path_stem)
+    finally:
+        env.close()
+
+
+def _play(env: EnvironmentManager, act: Act, max_steps: int, on_state: Callable[[], None]) -> None:
+    """Reset and play until every agent's first episode ended or ``max_steps`` states were seen;
+    ``on_state`` runs once per state, the first (after reset) and the last (the final state)
+    included."""
+    tracker = EpisodeTracker(env.num_agents)
+    ended = np.zeros(env.num_agents, dtype=bool)
+    env.reset()
+    states = 0
+    while True:
+        batch = env.recv()
+        _, first, finished = tracker.observe(batch.rows, batch.rewards, batch.terminals, batch.truncations, batch.masks)
+        on_state()
+        states += 1
+        if finished is not None:
+            ended[finished.rows] = True
+        if ended.all() or states >= max_steps:
+            return
+        env.send(act(np.asarray(batch.obs), first))
+
+
+def _record_gif(env: EnvironmentManager, puffer_env: Any, act: Act, max_frames: int, stem: Path):
+    frames: list[np.ndarray] = []
+    _play(env, act, max_frames, lambda: frames.append(_rgb(puffer_env.render())))
+    fps = float(getattr(_base_env(puffer_env), "metadata", {}).get("render_fps") or DEFAULT_FPS)
+    return write_gif(frames, stem.with_name(stem.name + ".gif"), fps=fps), None
+
+
+def _record_mettagrid(env: EnvironmentManager, puffer_env: Any, act: Act, max_steps: int, stem: Path):
+    """MettaGrid logs its replay through a simulator event handler, attached before the reset
+    that starts the recorded episode (the handler sees every simulation the env creates)."""
+    recorder = _mettagrid_recorder()
+    puffer_env._simulator.add_event_handler(recorder)
+    # A replay holds steps, not states: max_steps states are max_steps - 1 steps.
+    _play(env, act, max_steps + 1, lambda: None)
+    if recorder.replay is None:
+        return None, "MettaGrid recorded no episode"
+    data = json.dumps(recorder.replay.get_replay_data()).encode()
+    path = stem.with_name(stem.name + ".json.z")
+    atomic_write_bytes(path, zlib.compress(data))
+    return path, None
+
+
+def _mettagrid_recorder() -> Any:
+    """A handler that records the first episode only (built lazily: mettagrid imports slowly)."""
+    from mettagrid.simulator.interface import SimulatorEventHandler
+    from mettagrid.simulator.replay_log_writer import EpisodeReplay
+
+    class FirstEpisodeRecorder(SimulatorEventHandler):
+        def __init__(self) -> None:
+            super().__init__()
+            self.replay: EpisodeReplay | None = None
+
+        def on_episode_start(self) -> None:
+            if self.replay is None:
+                self.replay = EpisodeReplay(self._sim)
+
+        def on_step(self) -> None:
+            if self.replay is not None and self.replay.sim is self._sim:
+                c_sim = self._sim._c_sim
+                self.replay.log_step(self._sim.current_step, c_sim.actions(), c_sim.rewards())
+
+    return FirstEpisodeRecorder()
+
+
+def read_mettagrid_replay(path: str | Path) -> dict[str, Any]:
+    """Load a ``.json.z`` replay (for tests and tools)."""
+    return json.loads(zlib.decompress(Path(path).read_bytes()))
