@@ -131,6 +131,9 @@ def record_replay(
     # Gymnasium's classic-control envs draw with pygame, whose import prints a banner to stdout.
     os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
     render_mode = "rgb_array" if task.kind == "gym" else None
+    if render_mode and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        # Off-screen frames need no window; without this SDL probes for one and prints a bogus error.
+        os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
     env = EnvironmentManager(
         env=task,
         vectorization=VectorizationConfig(backend="serial", num_envs=1, num_workers=1),
