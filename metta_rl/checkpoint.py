@@ -169,7 +169,10 @@ def prune(checkpoints_dir: Path, *, keep_last: int) -> list[Path]:
     removed = []
     for path in list_checkpoints(checkpoints_dir):
         if path not in keep:
-            shutil.rmtree(path, ignore_errors=True)
+            # Hide it first: a kill mid-delete must not leave a visible, half-deleted checkpoint.
+            trash = path.with_name(f".trash-{path.name}-{os.getpid()}")
+            os.replace(path, trash)
+            shutil.rmtree(trash, ignore_errors=True)
             removed.append(path)
     for path in checkpoints_dir.glob(".*-epoch_*"):
         pid = path.name.rsplit("-", 1)[-1]

@@ -111,8 +111,6 @@ def fail(message: str, code: int) -> None:
 
 def setup_logging() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    # The trainer's own notes (which checkpoint a run resumed from) are worth seeing.
-    logging.getLogger("metta_rl").setLevel(logging.INFO)
 
 
 def run_dir_for_job(cfg: DictConfig) -> Path:

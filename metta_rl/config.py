@@ -321,6 +321,12 @@ class TensorboardConfig:
 
     enabled: bool = False
 
+    def __post_init__(self) -> None:
+        import importlib.util
+
+        if self.enabled and importlib.util.find_spec("tensorboard") is None:
+            _fail("tensorboard.enabled", True, "false, or install the extra: pip install 'metta_rl[tensorboard]'")
+
 
 @dataclass
 class LoggingConfig:

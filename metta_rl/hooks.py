@@ -52,7 +52,10 @@ class EpochReport:
 class Hook:
     """Override any of these; each is called with keyword arguments it names."""
 
-    def on_train_start(self, *, progress: TrainingProgress, config: Any, run_dir: Any) -> None: ...
+    def on_train_start(
+        self, *, progress: TrainingProgress, config: Any, run_dir: Any, resumed_from: Any = None
+    ) -> None:
+        """Training begins (or continues: ``resumed_from`` is the checkpoint directory)."""
 
     def on_rollout_end(self, *, progress: TrainingProgress, rollout: Any) -> None: ...
 

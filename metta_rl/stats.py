@@ -1,7 +1,10 @@
 """StatsManager: rolling episode, loss and timing statistics, one flat metrics dict per epoch.
 
 Metric names are grouped in families (``overview/``, ``losses/``, ``env/``, ``timing/``,
-``eval/``) so every sink (console, metrics.jsonl, W&B) shows them the same way.
+``eval/``) so every sink (console, metrics.jsonl, W&B, TensorBoard) shows them the same way.
+``system/`` (CPU, memory, GPU memory) is sampled by :class:`metta_rl.monitor.SystemMonitorHook`
+and reaches the same dict through ``custom_metrics``, so ``logging.system_monitor`` can turn
+it off like any other side effect.
 """
 
 from __future__ import annotations

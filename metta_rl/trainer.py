@@ -339,14 +339,14 @@ class Trainer:
             self.setup()
         if not self._started:
             self._started = True
-            if self.resumed_from is None and not ckpt_files.list_checkpoints(self.run_dir.path):
-                # The initial policy: a resume point before the first interval, and the
-                # non-finite guard's rollback target.
-                self.save_checkpoint()
             self.hooks.call(
                 "on_train_start",
                 progress=self.progress, config=self.config, run_dir=self.run_dir, resumed_from=self.resumed_from,
             )
+            if self.resumed_from is None and not ckpt_files.list_checkpoints(self.run_dir.path):
+                # The initial policy: a resume point before the first interval, and the
+                # non-finite guard's rollback target.
+                self.save_checkpoint()
 
     def train_epoch(self) -> dict[str, float]:
         """Collect one batch, update once, evaluate if due; returns the epoch's metrics."""

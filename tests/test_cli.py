@@ -129,7 +129,7 @@ def test_same_command_again_resumes_and_says_from_where(tmp_path):
     second = train(*args[:1], "trainer.total_timesteps=2048", *args[2:], runs_dir=tmp_path)
     assert second.returncode == 0, second.stderr
     checkpoint = tmp_path / "again" / "checkpoints" / "epoch_000004"
-    assert f"resumed from {checkpoint} at agent step 1,024 (epoch 4)" in second.stderr
+    assert f"resumed from {checkpoint} at agent step 1,024 (epoch 4)" in second.stdout
     metrics = [json.loads(line) for line in (tmp_path / "again" / "metrics.jsonl").read_text().splitlines()]
     assert [m["agent_step"] for m in metrics] == [256 * k for k in range(1, 9)]
     assert json.loads((tmp_path / "again" / "summary.json").read_text())["agent_steps"] == 2048
