@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from dataclasses import dataclass
-from collections.abc import Iterator
 from typing import Any
 
 import gymnasium
@@ -110,34 +108,36 @@ class EnvironmentManager:
 
     def reset(self) -> None:
         """Start every env (pufferlib's seed is replaced by each env's own, see envs.py)."""
-        with self._named_failures():
+        try:
             self.vecenv.async_reset(self.seed)
+        except Exception as exc:
+            raise self._named(exc) from exc
 
     def recv(self) -> EnvBatch:
         if self.backend == "multiprocessing":
             self._await_workers()
-        with self._named_failures():
+        try:
             obs, rewards, terminals, truncations, _teacher, infos, agent_ids, masks = self.vecenv.recv()
+        except Exception as exc:
+            raise self._named(exc) from exc
         start = int(agent_ids[0])
         return EnvBatch(obs, rewards, terminals, truncations, masks, slice(start, start + len(agent_ids)), infos)
 
     def send(self, actions: np.ndarray) -> None:
         """``actions`` is ``[agents, heads]``; a Discrete space takes the single column."""
-        with self._named_failures():
-            self.vecenv.send(actions[:, 0] if self.single_action else actions)
-
-    @contextlib.contextmanager
-    def _named_failures(self) -> Iterator[None]:
-        """Any exception from the envs becomes one :class:`EnvError` naming the env."""
         try:
-            yield
-        except EnvError:
-            raise
-        except EnvStepError as exc:
-            raise EnvError(f"env {self.env_config.name!r}: {exc}") from exc
+            self.vecenv.send(actions[:, 0] if self.single_action else actions)
         except Exception as exc:
-            cfg = self.env_config
-            raise EnvError(f"env {cfg.name!r} ({cfg.kind}:{cfg.id}) raised {type(exc).__name__}: {exc}") from exc
+            raise self._named(exc) from exc
+
+    def _named(self, exc: Exception) -> EnvError:
+        """Any exception from the envs, as one :class:`EnvError` naming the env."""
+        if isinstance(exc, EnvError):
+            return exc
+        cfg = self.env_config
+        if isinstance(exc, EnvStepError):
+            return EnvError(f"env {cfg.name!r}: {exc}")
+        return EnvError(f"env {cfg.name!r} ({cfg.kind}:{cfg.id}) raised {type(exc).__name__}: {exc}")
 
     def _await_workers(self) -> None:
         """Wait for the workers the next ``recv`` needs, checking they are alive.

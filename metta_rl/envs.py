@@ -89,7 +89,10 @@ class _SeededGymReset(gymnasium.Wrapper):
         return _named_errors(self._label, self.env.reset, seed=own, options=options)
 
     def step(self, action: Any):
-        return _named_errors(self._label, self.env.step, action)
+        try:  # inline, not via _named_errors: this is the per-step hot path
+            return self.env.step(action)
+        except Exception as exc:
+            raise EnvStepError(f"env #{self._label} raised {type(exc).__name__}: {exc}") from exc
 
 
 class _SeededParallelEnv:
