@@ -32,6 +32,7 @@ from metta_rl.checkpoint import Checkpoint, CheckpointError
 from metta_rl.config import ConfigError, TrainerConfig
 from metta_rl.environment import EnvironmentManager
 from metta_rl.evaluation import EvalResult, EvaluationManager
+from metta_rl.guard import NonFiniteGuard, TrainingError
 from metta_rl.hooks import EpochReport, Hook, HookList, hook_from_spec
 from metta_rl.optimizer import OptimizerManager
 from metta_rl.policy import ActorCritic
@@ -42,12 +43,7 @@ from metta_rl.signals import StopSignals, TrainingInterrupted
 from metta_rl.stats import EpochTimings, StatsManager
 from metta_rl.training import TrainingManager
 
-
 log = logging.getLogger(__name__)
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (losses stay non-finite after a rollback). One line."""
 
 
 @dataclass
@@ -101,8 +97,7 @@ class Trainer:
         self.resumed_from: Path | None = None
         self.last_checkpoint: Path | None = None
         self._saved_epoch: int | None = None
-        self._rollbacks_in_a_row = 0
-        self.rollbacks = 0
+        self.guard = NonFiniteGuard(self.config.guard)
         self.eval_failures = 0
         self._setup_done = False
         self._started = False
@@ -291,31 +286,12 @@ class Trainer:
             new_best and cfg.keep_best
         )
 
-    # ------------------------------------------------------------------ non-finite guard
-    def _rollback(self) -> None:
-        """Too many non-finite steps in a row: restore the last good checkpoint, lower the LR."""
-        guard = self.config.guard
-        streak = self.optimizer.nonfinite_streak
-        if self._rollbacks_in_a_row >= guard.max_rollbacks:
-            raise TrainingError(
-                f"{streak} optimizer steps in a row had a non-finite loss or gradient after "
-                f"{self._rollbacks_in_a_row} rollback(s) (guard.max_rollbacks={guard.max_rollbacks}); stopping: "
-                "check the env's observations and rewards, or lower optimizer.learning_rate"
-            )
-        try:
-            checkpoint = ckpt_files.load_checkpoint(self.run_dir.path, map_location=self.device)
-        except CheckpointError as exc:
-            raise TrainingError(f"{streak} non-finite optimizer steps in a row and no checkpoint to restore: {exc}") from None
-        scale = self.optimizer.lr_scale * guard.lr_backoff
+    def _restore_last_good(self) -> Path:
+        """The guard's rollback: the newest checkpoint's weights, optimizer and minibatch RNG;
+        progress and statistics keep counting (those env steps did happen)."""
+        checkpoint = ckpt_files.load_checkpoint(self.run_dir.path, map_location=self.device)
         self.load_checkpoint(checkpoint, weights_only=True)
-        self.optimizer.lr_scale = scale
-        self._rollbacks_in_a_row += 1
-        self.rollbacks += 1
-        log.warning(
-            "%d optimizer steps in a row had a non-finite loss or gradient: restored %s and scaled the "
-            "learning rate by %g (now x%g of the schedule)",
-            streak, checkpoint.path, guard.lr_backoff, scale,
-        )
+        return checkpoint.path
 
     def add_hook(self, hook: Hook) -> None:
         self.hooks.add(hook)
@@ -357,10 +333,7 @@ class Trainer:
         self.hooks.call("on_rollout_end", progress=self.progress, rollout=rollout)
         t1 = time.perf_counter()
         losses = self.training.update(self.policy, self.optimizer, self.rollout.buffer, self.progress)
-        if self.optimizer.nonfinite_streak >= self.config.guard.max_nonfinite_steps:
-            self._rollback()
-        elif losses.skipped_steps == 0:
-            self._rollbacks_in_a_row = 0
+        self.guard.after_update(self.optimizer, losses, restore=self._restore_last_good)
         t2 = time.perf_counter()
 
         prev = self.progress
@@ -384,7 +357,7 @@ class Trainer:
         )
         metrics = self.stats.record(progress, rollout, losses, timings, self.optimizer.lr)
         metrics.update(eval_metrics)
-        metrics["losses/rollbacks"] = self.rollbacks
+        metrics["losses/rollbacks"] = self.guard.rollbacks
         report = EpochReport(progress=progress, rollout=rollout, losses=losses, timings=timings, eval=epoch_eval)
         metrics.update(self.hooks.custom_metrics(report))
         self.last_metrics = metrics
@@ -466,5 +439,5 @@ class Trainer:
             "last_checkpoint": str(self.last_checkpoint) if self.last_checkpoint else None,
             "resumed_from": str(self.resumed_from) if self.resumed_from else None,
             "skipped_steps": self.optimizer.skipped_steps,
-            "rollbacks": self.rollbacks,
+            "rollbacks": self.guard.rollbacks,
         }

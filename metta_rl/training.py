@@ -16,7 +16,6 @@ from metta_rl.config import ConfigError, PPOConfig, TrainingLoopConfig
 from metta_rl.optimizer import OptimizerManager
 from metta_rl.policy import ActorCritic, entropy, log_prob
 from metta_rl.ppo import (
-    weighted_mean,
     approx_kl,
     clip_fraction,
     clipped_policy_loss,
@@ -25,6 +24,7 @@ from metta_rl.ppo import (
     mean_weights,
     normalize_advantages,
     value_loss,
+    weighted_mean,
 )
 from metta_rl.progress import TrainingProgress
 

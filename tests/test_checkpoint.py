@@ -20,8 +20,8 @@ from metta_rl import checkpoint as ck
 from metta_rl import training as training_module
 from metta_rl.checkpoint import CheckpointError, load_checkpoint
 from metta_rl.environment import EnvError
+from metta_rl.guard import TrainingError
 from metta_rl.signals import TrainingInterrupted
-from metta_rl.trainer import TrainingError
 from tests.integration_utils import PZ_ENV, make_config
 
 torch.set_num_threads(1)
@@ -313,11 +313,11 @@ def test_persistent_nan_rolls_back_then_stops_and_never_writes_nonfinite(tmp_pat
     monkeypatch.setattr(training_module, "value_loss", nan_value_loss(calls, lambda n: True))
     with caplog.at_level(logging.WARNING, logger="metta_rl"):
         t.train_epoch()  # 2 skipped steps: below the limit
-        assert t.rollbacks == 0 and t.optimizer.nonfinite_streak == 2
+        assert t.guard.rollbacks == 0 and t.optimizer.nonfinite_streak == 2
         # 4 in a row: roll back to the newest checkpoint (epoch 3's: its steps were all
         # skipped, so its weights are epoch 2's, still finite), LR halved.
         t.train_epoch()
-    assert t.rollbacks == 1 and t.optimizer.lr_scale == 0.5
+    assert t.guard.rollbacks == 1 and t.optimizer.lr_scale == 0.5
     assert torch.equal(t.optimizer.flat, good)
     assert any("restored" in r.getMessage() and "epoch_000003" in r.getMessage() for r in caplog.records)
     assert t.progress.epoch == 4  # progress keeps counting: those env steps happened

@@ -24,9 +24,10 @@ from metta_rl import cli  # noqa: E402
 from metta_rl.checkpoint import CheckpointError  # noqa: E402
 from metta_rl.config import ConfigError  # noqa: E402
 from metta_rl.environment import EnvError  # noqa: E402
+from metta_rl.guard import TrainingError  # noqa: E402
 from metta_rl.run_dir import RunExistsError  # noqa: E402
 from metta_rl.signals import TrainingInterrupted  # noqa: E402
-from metta_rl.trainer import Trainer, TrainingError  # noqa: E402
+from metta_rl.trainer import Trainer  # noqa: E402
 
 
 @hydra.main(config_path=str(cli.CONFIG_DIR), config_name=cli.CONFIG_NAME, version_base=None)
