@@ -114,9 +114,12 @@ class WandbHook(Hook):
         data[STEP_METRIC] = progress.agent_step
         replay = getattr(report.eval, "replay_path", None) if report is not None else None
         if replay is not None and Path(replay).is_file():
-            import wandb
+            if Path(replay).suffix == ".gif":
+                import wandb
 
-            data["eval/replay"] = wandb.Video(str(replay))  # format from the extension (.gif)
+                data["eval/replay"] = wandb.Video(str(replay))
+            else:  # MettaGrid's own replay format (.json.z): a file of the run, not a video
+                self.run.save(str(replay), base_path=str(Path(replay).parent), policy="now")
         self.run.log(data)
 
     def on_checkpoint(self, *, progress: TrainingProgress, path: Any) -> None:

@@ -378,9 +378,14 @@ def test_wandb_resume_keeps_the_run_id_and_logs_checkpoints_and_replays(tmp_path
     second = WandbHook(cfg.wandb)
     second.on_train_start(progress=p, config=cfg, run_dir=run_dir)
     p2 = p.advance(agent_steps=128, episodes=3, wall_seconds=0.1)
-    second.on_epoch_end(progress=p2, metrics={"agent_step": 256, "losses/policy_loss": 0.25}, report=_fake_report(p2))
+    mettagrid_replay = tmp_path / "epoch_000002.json.z"  # MettaGrid's own format: saved, not a video
+    mettagrid_replay.write_bytes(b"x\x9c" + b"\0" * 10)
+    second.on_epoch_end(
+        progress=p2, metrics={"agent_step": 256, "losses/policy_loss": 0.25}, report=_fake_report(p2, _Eval(mettagrid_replay))
+    )
     second.close()
     assert second.resumed
+    assert list(run_dir.path.glob("wandb/offline-run-*/files/epoch_000002.json.z"))
 
     files = wandb_run_files(run_dir.path)
     assert len(files) == 2
