@@ -4,11 +4,15 @@ test_trainer). Everything is sized to run in well under a second per epoch on on
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 from metta_rl.config import TrainerConfig
 
+REPO = Path(__file__).resolve().parent.parent
 PZ_ENV_ID = "tests.envs_for_tests:make_pz_env"
 
 # 4 CartPole envs x 16 steps = one 64-step epoch; a 1-epoch update of 2 minibatches.
@@ -52,3 +56,19 @@ def snapshot(root: Path) -> dict[str, tuple[int, bytes]]:
         str(p.relative_to(root)): (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(root.rglob("*")) if p.is_file()
     }
 
+
+
+def run_tool(script: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run ``tools/<script>`` as a user would, from the repo root, with output captured."""
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    env["PYTHONUNBUFFERED"] = "1"
+    return subprocess.run(
+        [sys.executable, f"tools/{script}", *args],
+        cwd=REPO,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )

@@ -3,31 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.integration_utils import snapshot
+from tests.integration_utils import run_tool, snapshot
 
-REPO = Path(__file__).resolve().parent.parent
 TINY = ["env=cartpole", "trainer.total_timesteps=2048", "evaluation.num_episodes=2", "run=tiny"]
 
 
 def train(*args: str, runs_dir: Path, timeout: float = 120) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    env["PYTHONUNBUFFERED"] = "1"
-    return subprocess.run(
-        [sys.executable, "tools/train.py", *args, f"runs_dir={runs_dir}"],
-        cwd=REPO,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return run_tool("train.py", *args, f"runs_dir={runs_dir}", timeout=timeout)
 
 
 @pytest.fixture(scope="module")

@@ -4,35 +4,16 @@ run's checkpoint in a fresh process that knows nothing but the checkpoint."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-from tests.integration_utils import snapshot
+from tests.integration_utils import run_tool, snapshot
 
-REPO = Path(__file__).resolve().parent.parent
 FINAL = "epoch_000390"  # 99,840 steps of 256 with the shipped CartPole config
 EVAL_LINE = re.compile(r"^eval: mean_return=(\S+) std_return=(\S+) episodes=(\d+) mean_length=(\S+)$", re.MULTILINE)
-
-
-def run_tool(script: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    env["PYTHONUNBUFFERED"] = "1"
-    return subprocess.run(
-        [sys.executable, f"tools/{script}", *args],
-        cwd=REPO,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
 
 
 def evaluate(*args: str) -> subprocess.CompletedProcess:

@@ -17,9 +17,8 @@ import psutil
 import pytest
 
 from metta_rl import checkpoint as ck
-from tests.integration_utils import config_dict
+from tests.integration_utils import REPO, config_dict
 
-REPO = Path(__file__).resolve().parent.parent
 BATCH = 64
 
 # Runs a Trainer from a JSON config; SLOW_WRITE=s sleeps after every checkpoint file is

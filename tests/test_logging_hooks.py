@@ -33,13 +33,12 @@ from metta_rl.learning_curve import LearningCurveHook, plot_learning_curve, read
 from metta_rl.monitor import HeartbeatHook, ProfilerHook, SystemMonitorHook
 from metta_rl.progress import TrainingProgress
 from metta_rl.run_dir import MetricsFileHook, RunDirectory
-from tests.integration_utils import make_config
+from tests.integration_utils import REPO, make_config
 
 torch.set_num_threads(1)
 
 BATCH = 64
 EPOCHS = 4
-REPO = Path(__file__).resolve().parent.parent
 
 
 # ------------------------------------------------------------------------------ helpers

@@ -13,7 +13,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.integration_utils import REPO
+
 NOTEBOOK = REPO / "examples" / "quickstart.ipynb"
 RUN_DIR_ENV = "METTA_RL_QUICKSTART_RUN_DIR"
 PROBE = "import sys\nprint('KERNEL', sys.executable, sys.prefix, sep='|')"
