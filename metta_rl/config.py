@@ -396,6 +396,12 @@ class TrainerConfig:
         return dataclasses.asdict(self)
 
 
+def did_you_mean(key: str, allowed: list[str], prefix: str = "") -> str:
+    """`` (did you mean 'ppo.gamma'?)`` for the closest allowed name, or nothing."""
+    close = difflib.get_close_matches(key, allowed, n=1)
+    return f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+
+
 def _build(cls: type, data: Any, prefix: str) -> Any:
     if isinstance(data, cls):
         return data
@@ -406,10 +412,9 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         if key not in fields:
-            close = difflib.get_close_matches(str(key), list(fields), n=1)
-            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
             raise ConfigError(
-                f"unknown config field '{prefix}{key}'{hint}; allowed: {', '.join(fields)}"
+                f"unknown config field '{prefix}{key}'{did_you_mean(str(key), list(fields), prefix)}; "
+                f"allowed: {', '.join(fields)}"
             )
         hint = hints[key]
         if dataclasses.is_dataclass(hint):

@@ -25,7 +25,6 @@ and exit code 2; an env that fails while playing is exit code 1.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import logging
 import math
@@ -82,15 +81,15 @@ def _bool(key: str, text: str) -> bool:
 
 
 def parse_args(argv: list[str]) -> Args:
+    from metta_rl.config import did_you_mean
+
     values: dict[str, str] = {}
     for arg in argv:
         key, sep, text = arg.partition("=")
         if not sep or not key:
             raise UsageError(f"argument {arg!r} is invalid: expected key=value with key one of {', '.join(ALLOWED)}")
         if key not in ALLOWED:
-            close = difflib.get_close_matches(key, ALLOWED, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise UsageError(f"unknown argument '{key}'{hint}; allowed: {', '.join(ALLOWED)}")
+            raise UsageError(f"unknown argument '{key}'{did_you_mean(key, list(ALLOWED))}; allowed: {', '.join(ALLOWED)}")
         if key in values:
             raise UsageError(f"argument '{key}' is given twice")
         values[key] = text
