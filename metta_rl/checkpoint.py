@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import re
 import shutil
 import sys
@@ -30,6 +31,7 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from metta_rl.config import TrainerConfig
@@ -162,12 +164,13 @@ def best_checkpoint(checkpoints_dir: Path) -> Path | None:
 def prune(checkpoints_dir: Path, *, keep_last: int) -> list[Path]:
     """Delete all but the newest ``keep_last`` checkpoints and the best; also stale temp dirs
     (of this process or dead ones). Returns what was deleted."""
-    keep = set(list_checkpoints(checkpoints_dir)[:keep_last])
+    checkpoints = list_checkpoints(checkpoints_dir)
+    keep = set(checkpoints[:keep_last])
     best = best_checkpoint(checkpoints_dir)
     if best is not None:
         keep.add(best)
     removed = []
-    for path in list_checkpoints(checkpoints_dir):
+    for path in checkpoints:
         if path not in keep:
             # Hide it first: a kill mid-delete must not leave a visible, half-deleted checkpoint.
             trash = path.with_name(f".trash-{path.name}-{os.getpid()}")
@@ -296,10 +299,6 @@ def load_policy_state(policy: torch.nn.Module, checkpoint: Checkpoint) -> None:
 # ---------------------------------------------------------------------- RNG states
 def capture_rng() -> dict[str, Any]:
     """python, numpy and torch global RNG states, in types ``weights_only`` loading accepts."""
-    import random
-
-    import numpy as np
-
     _, key, pos, has_gauss, cached = np.random.get_state()
     return {
         "python": random.getstate(),
@@ -311,10 +310,6 @@ def capture_rng() -> dict[str, Any]:
 
 
 def restore_rng(state: dict[str, Any]) -> None:
-    import random
-
-    import numpy as np
-
     random.setstate(state["python"])
     n = state["numpy"]
     np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))

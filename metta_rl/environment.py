@@ -158,8 +158,9 @@ class EnvironmentManager:
 
     def check_workers(self) -> None:
         """Raise :class:`EnvError` naming the first dead worker and the envs it ran."""
-        per_worker = len(self.vecenv.processes) and self.num_envs // len(self.vecenv.processes)
-        for w, proc in enumerate(getattr(self.vecenv, "processes", ())):
+        procs = self.vecenv.processes
+        per_worker = self.num_envs // len(procs)
+        for w, proc in enumerate(procs):
             if proc.exitcode is not None:
                 how = f"was killed by signal {-proc.exitcode}" if proc.exitcode < 0 else f"exited with code {proc.exitcode}"
                 raise EnvError(

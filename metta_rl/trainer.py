@@ -242,7 +242,8 @@ class Trainer:
             raise CheckpointError(
                 f"checkpoint {checkpoint.path} does not fit this trainer: {type(exc).__name__}: {detail}"
             ) from None
-        self._saved_epoch = self.progress.epoch if not weights_only else self._saved_epoch
+        if not weights_only:
+            self._saved_epoch = self.progress.epoch
         return checkpoint
 
     def save_checkpoint(self) -> Path:
@@ -390,18 +391,22 @@ class Trainer:
         self.hooks.call("on_train_end", progress=self.progress, summary=summary)
         return TrainResult(summary=summary, progress=self.progress, metrics=self.last_metrics, eval=self.last_eval)
 
+    def _evaluate_now(self, *, agent_step: int, epoch: int) -> EvalResult:
+        assert self.evaluator is not None and self.policy is not None
+        # The evaluator writes a replay there only when evaluation.replay is on.
+        self.last_eval = self.evaluator.evaluate(
+            self.policy, agent_step=agent_step, epoch=epoch, replay_dir=self.run_dir.path / "replays"
+        )
+        return self.last_eval
+
     def _evaluate(self, *, agent_step: int, epoch: int) -> EvalResult | None:
         """A scheduled evaluation. One that fails is reported and counted; training goes on."""
-        assert self.evaluator is not None and self.policy is not None
-        replay_dir = self.run_dir.path / "replays" if self.config.evaluation.replay else None
         try:
-            result = self.evaluator.evaluate(self.policy, agent_step=agent_step, epoch=epoch, replay_dir=replay_dir)
+            return self._evaluate_now(agent_step=agent_step, epoch=epoch)
         except Exception as exc:  # noqa: BLE001 - an eval env's failure must not end training
             self.eval_failures += 1
             log.warning("evaluation at epoch %d failed and was skipped (training goes on): %s", epoch, exc)
             return None
-        self.last_eval = result
-        return result
 
     def evaluate(self) -> EvalResult:
         """Evaluate the current policy now (as configured in ``evaluation``), outside the schedule.
@@ -409,12 +414,7 @@ class Trainer:
         self._start()
         if self.evaluator is None:
             raise ConfigError("evaluation.enabled=False is invalid for Trainer.evaluate(): expected true")
-        assert self.policy is not None
-        replay_dir = self.run_dir.path / "replays" if self.config.evaluation.replay else None
-        self.last_eval = self.evaluator.evaluate(
-            self.policy, agent_step=self.progress.agent_step, epoch=self.progress.epoch, replay_dir=replay_dir
-        )
-        return self.last_eval
+        return self._evaluate_now(agent_step=self.progress.agent_step, epoch=self.progress.epoch)
 
     def summary(self) -> dict[str, Any]:
         p = self.progress
