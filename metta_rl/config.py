@@ -64,7 +64,7 @@ class EnvConfig:
         if not isinstance(self.id, str) or not self.id:
             _fail("env.id", self.id, "a non-empty string")
         # Imported lazily: the env registry imports gymnasium, which configs need not pay for.
-        from metta_rl.envs import check_env_id
+        from metta_rl.envs.factories import check_env_id
 
         check_env_id(self.kind, self.id)
 

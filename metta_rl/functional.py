@@ -12,7 +12,7 @@ exception, Ctrl-C, a ``SystemExit`` from a hook). It is an adapter, not a second
 same config and seed give the same metrics and weights as the class.
 
 For users who write their own loop, the math and the checkpoint format are importable from
-here too (they live in :mod:`metta_rl.ppo` and :mod:`metta_rl.checkpoint`)::
+here too (they live in :mod:`metta_rl.core.ppo` and :mod:`metta_rl.records.checkpoint`)::
 
     from metta_rl.functional import compute_advantages, ppo_loss, save_checkpoint, load_checkpoint
 
@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from metta_rl.checkpoint import (
+from metta_rl.records.checkpoint import (
     Checkpoint,
     CheckpointError,
     load_checkpoint,
@@ -37,13 +37,13 @@ from metta_rl.checkpoint import (
 )
 from metta_rl.config import TrainerConfig
 from metta_rl.hooks import Hook
-from metta_rl.ppo import (
+from metta_rl.core.ppo import (
     PPOLosses,
     explained_variance,
     normalize_advantages,
     ppo_loss,
 )
-from metta_rl.ppo import compute_gae as compute_advantages
+from metta_rl.core.ppo import compute_gae as compute_advantages
 from metta_rl.trainer import Trainer, TrainResult
 
 __all__ = [

@@ -20,8 +20,6 @@ from typing import Any
 
 import yaml
 
-from metta_rl.hooks import Hook
-
 log = logging.getLogger(__name__)
 
 TRAIN_KEY = "overview/episode_return"
@@ -102,38 +100,3 @@ def _default_title(run_dir: Path) -> str:
         return f"{run_dir.name} ({env['id']})"
     except (OSError, KeyError, TypeError, AttributeError, yaml.YAMLError):
         return run_dir.name
-
-
-class LearningCurveHook(Hook):
-    """Writes ``<run>/learning_curve.png`` when training ends (also after a failure: the
-    curve up to the failure is the first thing to look at), and at cleanup when epochs ran
-    since (a notebook stepping with ``train_epoch()`` never reaches ``on_train_end``)."""
-
-    def __init__(self, run_dir: str | Path) -> None:
-        self.run_dir = Path(run_dir)
-        self._unplotted = False
-
-    @property
-    def path(self) -> Path:
-        return self.run_dir / FILENAME
-
-    def write(self) -> Path | None:
-        self._unplotted = False
-        if not (self.run_dir / "metrics.jsonl").exists():
-            return None
-        fig = plot_learning_curve(self.run_dir)
-        fig.savefig(self.path, dpi=100)
-        return self.path
-
-    def on_epoch_end(self) -> None:
-        self._unplotted = True
-
-    def on_train_end(self) -> None:
-        self.write()
-
-    def on_failure(self) -> None:
-        self.write()
-
-    def close(self) -> None:
-        if self._unplotted:
-            self.write()

@@ -26,22 +26,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from metta_rl import checkpoint as ckpt_files
-from metta_rl.builtin_hooks import default_hooks
-from metta_rl.checkpoint import Checkpoint, CheckpointError
+from metta_rl.records import checkpoint as ckpt_files
+from metta_rl.hooks.builtin import default_hooks
+from metta_rl.records.checkpoint import Checkpoint, CheckpointError
 from metta_rl.config import ConfigError, TrainerConfig
-from metta_rl.environment import EnvironmentManager
-from metta_rl.evaluation import EvalResult, EvaluationManager
-from metta_rl.guard import NonFiniteGuard, TrainingError
+from metta_rl.managers.environment import EnvironmentManager
+from metta_rl.managers.evaluation import EvalResult, EvaluationManager
+from metta_rl.managers.guard import NonFiniteGuard, TrainingError
 from metta_rl.hooks import EpochReport, Hook, HookList, hook_from_spec
-from metta_rl.optimizer import OptimizerManager
-from metta_rl.policy import ActorCritic
-from metta_rl.progress import TrainingProgress, crossed
-from metta_rl.rollout import RolloutManager
-from metta_rl.run_dir import RunDirectory
+from metta_rl.managers.optimizer import OptimizerManager
+from metta_rl.core.policy import ActorCritic
+from metta_rl.core.progress import TrainingProgress, crossed
+from metta_rl.managers.rollout import RolloutManager
+from metta_rl.records.run_dir import RunDirectory
 from metta_rl.signals import StopSignals, TrainingInterrupted
-from metta_rl.stats import EpochTimings, StatsManager
-from metta_rl.training import TrainingManager
+from metta_rl.managers.stats import EpochTimings, StatsManager
+from metta_rl.managers.training import TrainingManager
 
 log = logging.getLogger(__name__)
 

@@ -16,11 +16,11 @@ import pytest
 import torch
 
 from metta_rl import Hook, Trainer
-from metta_rl import checkpoint as ck
-from metta_rl import training as training_module
-from metta_rl.checkpoint import CheckpointError, load_checkpoint
-from metta_rl.environment import EnvError
-from metta_rl.guard import TrainingError
+from metta_rl.records import checkpoint as ck
+from metta_rl.managers import training as training_module
+from metta_rl.records.checkpoint import CheckpointError, load_checkpoint
+from metta_rl.managers.environment import EnvError
+from metta_rl.managers.guard import TrainingError
 from metta_rl.signals import TrainingInterrupted
 from tests.integration_utils import PZ_ENV, make_config
 

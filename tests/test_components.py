@@ -11,10 +11,10 @@ import torch
 from torch import nn
 
 from metta_rl.config import ConfigError, OptimizerConfig, PolicyConfig
-from metta_rl.episodes import EpisodeTracker
-from metta_rl.optimizer import OptimizerManager, scheduled_lr
-from metta_rl.policy import ActorCritic, action_nvec, entropy, log_prob, sample_actions
-from metta_rl.progress import TrainingProgress, crossed
+from metta_rl.core.episodes import EpisodeTracker
+from metta_rl.managers.optimizer import OptimizerManager, scheduled_lr
+from metta_rl.core.policy import ActorCritic, action_nvec, entropy, log_prob, sample_actions
+from metta_rl.core.progress import TrainingProgress, crossed
 
 torch.set_num_threads(1)
 

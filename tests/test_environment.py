@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from metta_rl.config import ConfigError, EnvConfig, TrainerConfig, VectorizationConfig
-from metta_rl.environment import EVAL_STREAM, TRAIN_STREAM, EnvError, EnvironmentManager
-from metta_rl.envs import env_seed
+from metta_rl.managers.environment import EVAL_STREAM, TRAIN_STREAM, EnvError, EnvironmentManager
+from metta_rl.envs.factories import env_seed
 from metta_rl.trainer import Trainer
 from tests.envs_for_tests import EPISODE_LENGTH
 from tests.integration_utils import PZ_ENV, config_dict, make_config

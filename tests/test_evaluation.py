@@ -15,9 +15,9 @@ import torch
 from PIL import Image
 
 from metta_rl.config import EnvConfig, EvaluationConfig, PolicyConfig
-from metta_rl.evaluation import EvalError, EvalResult, EvaluationManager, TaskResult
-from metta_rl.policy import ActorCritic
-from metta_rl.replay import gif_bytes, read_mettagrid_replay
+from metta_rl.managers.evaluation import EvalError, EvalResult, EvaluationManager, TaskResult
+from metta_rl.core.policy import ActorCritic
+from metta_rl.records.replay import gif_bytes, read_mettagrid_replay
 from metta_rl.trainer import Trainer
 from tests.integration_utils import PZ_ENV, make_config
 
@@ -318,7 +318,7 @@ def test_env_without_rgb_frames_skips_the_replay_with_one_warning(tmp_path, capl
     manager = make_manager(PZ_TASK, replay=True, num_episodes=1, num_envs=1)
     try:
         policy = make_policy(manager)
-        with caplog.at_level(logging.WARNING, logger="metta_rl.evaluation"):
+        with caplog.at_level(logging.WARNING, logger="metta_rl.managers.evaluation"):
             results = [manager.evaluate(policy, agent_step=0, epoch=e, replay_dir=tmp_path) for e in (1, 2)]
     finally:
         manager.close()

@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from metta_rl import checkpoint as ck
+from metta_rl.records import checkpoint as ck
 from tests.integration_utils import REPO, config_dict
 
 BATCH = 64
@@ -25,7 +25,7 @@ BATCH = 64
 # written, so a test can kill the process while a checkpoint is half-written.
 SCRIPT = """
 import json, os, sys, time
-from metta_rl import checkpoint as ck
+from metta_rl.records import checkpoint as ck
 slow = float(os.environ.get("SLOW_WRITE", "0"))
 if slow:
     real = ck._write_synced

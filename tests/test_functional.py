@@ -10,7 +10,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from metta_rl import Hook, Trainer, TrainerConfig, functional, ppo
+from metta_rl import Hook, Trainer, TrainerConfig, functional
+from metta_rl.core import ppo
 from metta_rl.config import ConfigError
 from metta_rl.trainer import TrainResult
 from tests.integration_utils import config_dict, make_config
@@ -186,7 +187,7 @@ def test_cleanup_runs_when_a_hook_raises_a_base_exception(tmp_path, cleanups):
 
 
 def test_cleanup_runs_when_the_update_fails(tmp_path, cleanups, monkeypatch):
-    from metta_rl.training import TrainingManager
+    from metta_rl.managers.training import TrainingManager
 
     original = TrainingManager.update
     calls = {"n": 0}
@@ -258,7 +259,7 @@ def test_own_loop_checkpoint_round_trip(tmp_path):
     """A user's own loop saves with save_checkpoint and gets the policy back from the run dir."""
     import dataclasses
 
-    from metta_rl import checkpoint
+    from metta_rl.records import checkpoint
 
     assert functional.save_checkpoint is checkpoint.save_checkpoint
     assert functional.load_checkpoint is checkpoint.load_checkpoint

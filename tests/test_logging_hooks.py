@@ -26,13 +26,14 @@ import pytest
 import torch
 
 from metta_rl import Hook, Trainer
-from metta_rl.builtin_hooks import default_hooks
+from metta_rl.hooks.builtin import default_hooks
 from metta_rl.config import WandbConfig
-from metta_rl.console import MAX_REDRAWS_PER_S, ConsoleHook, parse_line
-from metta_rl.learning_curve import LearningCurveHook, plot_learning_curve, read_curves
-from metta_rl.monitor import HeartbeatHook, ProfilerHook, SystemMonitorHook
-from metta_rl.progress import TrainingProgress
-from metta_rl.run_dir import MetricsFileHook, RunDirectory
+from metta_rl.hooks.console import MAX_REDRAWS_PER_S, ConsoleHook, parse_line
+from metta_rl.hooks.learning_curve import LearningCurveHook
+from metta_rl.learning_curve import plot_learning_curve, read_curves
+from metta_rl.hooks.monitor import HeartbeatHook, ProfilerHook, SystemMonitorHook
+from metta_rl.core.progress import TrainingProgress
+from metta_rl.records.run_dir import MetricsFileHook, RunDirectory
 from tests.integration_utils import REPO, make_config
 
 torch.set_num_threads(1)
@@ -347,7 +348,7 @@ def _fake_report(progress, eval_result=None):
 def test_wandb_resume_keeps_the_run_id_and_logs_checkpoints_and_replays(tmp_path, monkeypatch):
     from PIL import Image
 
-    from metta_rl.wandb_hook import WandbHook
+    from metta_rl.hooks.wandb_hook import WandbHook
 
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     for var in ("WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_CONFIG_DIR", "WANDB_ARTIFACT_DIR"):
@@ -461,7 +462,7 @@ def test_eval_replays_reach_wandb_as_videos_at_their_agent_step(tmp_path, monkey
 
 
 def test_wandb_mode_is_offline_without_a_key_and_online_with_one(tmp_path, monkeypatch, caplog):
-    from metta_rl.wandb_hook import effective_mode
+    from metta_rl.hooks.wandb_hook import effective_mode
 
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.delenv("WANDB_BASE_URL", raising=False)
@@ -509,7 +510,7 @@ def _epochs(hook: ConsoleHook, clock: _Clock, n: int, dt: float, *, metrics=None
 
 
 def test_console_rate_limits_reports(monkeypatch):
-    from metta_rl import console
+    from metta_rl.hooks import console
 
     clock = _Clock()
     monkeypatch.setattr(console, "time", types.SimpleNamespace(perf_counter=clock.perf_counter))
@@ -534,7 +535,7 @@ def test_console_rate_limits_reports(monkeypatch):
 
 
 def test_live_dashboard_shows_every_section(monkeypatch):
-    from metta_rl import console
+    from metta_rl.hooks import console
 
     monkeypatch.setenv("COLUMNS", "160")
     clock = _Clock()
@@ -638,7 +639,7 @@ def test_system_monitor_counts_busy_cpu_and_worker_memory():
 
 
 def test_gpu_memory_is_reported_once_cuda_is_in_use(monkeypatch):
-    from metta_rl import monitor
+    from metta_rl.hooks import monitor
 
     cuda = torch.cuda
     monkeypatch.setattr(cuda, "is_available", lambda: True)
@@ -712,9 +713,9 @@ def test_learning_curve_skips_missing_values_and_a_torn_last_line(tmp_path):
 
 # ------------------------------------------------------------------------------ registration
 def test_default_hooks_follow_the_config(tmp_path, monkeypatch, caplog):
-    from metta_rl import tensorboard_hook
-    from metta_rl.tensorboard_hook import TensorBoardHook
-    from metta_rl.wandb_hook import WandbHook
+    from metta_rl.hooks import tensorboard_hook
+    from metta_rl.hooks.tensorboard_hook import TensorBoardHook
+    from metta_rl.hooks.wandb_hook import WandbHook
 
     run_dir = RunDirectory(tmp_path / "run")
     names = lambda hooks: [type(h).__name__ for h in hooks]

@@ -1,4 +1,4 @@
-"""Hand-computed checks of the PPO math in metta_rl.ppo.
+"""Hand-computed checks of the PPO math in metta_rl.core.ppo.
 
 Every expected number below is written out (with the arithmetic in comments); the tests never
 re-implement GAE or the loss, so a shared mistake between test and code cannot hide a bug.
@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from metta_rl.ppo import (
+from metta_rl.core.ppo import (
     compute_gae,
     explained_variance,
     masked_mean,

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from metta_rl.config import EnvConfig, PolicyConfig, VectorizationConfig
-from metta_rl.environment import EnvironmentManager
-from metta_rl.policy import ActorCritic, log_prob
-from metta_rl.progress import TrainingProgress
-from metta_rl.rollout import RolloutManager
+from metta_rl.managers.environment import EnvironmentManager
+from metta_rl.core.policy import ActorCritic, log_prob
+from metta_rl.core.progress import TrainingProgress
+from metta_rl.managers.rollout import RolloutManager
 from metta_rl.trainer import Trainer
 from tests.envs_for_tests import EPISODE_LENGTH, target_action
 from tests.integration_utils import PZ_ENV, make_config

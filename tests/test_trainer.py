@@ -17,8 +17,8 @@ import yaml
 
 from metta_rl import Hook, Trainer, TrainerConfig
 from metta_rl.config import ConfigError, EvaluationConfig
-from metta_rl.evaluation import EvaluationManager
-from metta_rl.run_dir import RunExistsError
+from metta_rl.managers.evaluation import EvaluationManager
+from metta_rl.records.run_dir import RunExistsError
 from tests.integration_utils import make_config, snapshot
 
 torch.set_num_threads(1)
@@ -175,7 +175,7 @@ def test_evaluation_quota_and_repeatability():
         env=cfg.env, config=EvaluationConfig(num_episodes=5, num_envs=2), seed=0, device=torch.device("cpu")
     )
     try:
-        from metta_rl.policy import ActorCritic
+        from metta_rl.core.policy import ActorCritic
 
         torch.manual_seed(0)
         policy = ActorCritic(
@@ -197,7 +197,7 @@ def test_evaluation_that_cannot_finish_raises_and_restores_train_mode():
         env=cfg.env, config=EvaluationConfig(num_episodes=2, num_envs=2, max_steps=5), seed=0, device=torch.device("cpu")
     )
     try:
-        from metta_rl.policy import ActorCritic
+        from metta_rl.core.policy import ActorCritic
 
         policy = ActorCritic(
             obs_space=evaluator.env.observation_space, action_space=evaluator.env.action_space, config=cfg.policy

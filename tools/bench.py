@@ -28,8 +28,8 @@ import torch  # noqa: E402
 
 from metta_rl import cli  # noqa: E402
 from metta_rl.config import TrainerConfig  # noqa: E402
-from metta_rl.environment import EnvironmentManager  # noqa: E402
-from metta_rl.policy import ActorCritic, action_nvec, sample_actions  # noqa: E402
+from metta_rl.managers.environment import EnvironmentManager  # noqa: E402
+from metta_rl.core.policy import ActorCritic, action_nvec, sample_actions  # noqa: E402
 from metta_rl.trainer import Trainer  # noqa: E402
 
 

@@ -120,7 +120,7 @@ def eval_json_path(args: Args, checkpoint_dir: Path) -> Path:
 
 def build_report(ckpt: Any, result: Any, *, eval_config: Any, seed: int, seconds: float) -> dict[str, Any]:
     """eval.json: the score, every episode, and where it came from."""
-    from metta_rl.checkpoint import versions
+    from metta_rl.records.checkpoint import versions
 
     config = ckpt.config
     return {
@@ -207,7 +207,7 @@ def print_table(report: dict[str, Any], eval_path: Path) -> None:
 def warn_skipped(given: Path, ckpt: Any) -> None:
     """Given a run directory, name every newer checkpoint that was skipped as damaged: an
     older checkpoint is never evaluated silently in place of the newest."""
-    from metta_rl.checkpoint import CheckpointError, list_checkpoints, read_metadata
+    from metta_rl.records.checkpoint import CheckpointError, list_checkpoints, read_metadata
 
     if ckpt.path == given.resolve():
         return
@@ -223,9 +223,9 @@ def warn_skipped(given: Path, ckpt: Any) -> None:
 def evaluate(args: Args) -> int:
     import torch
 
-    from metta_rl.checkpoint import load_checkpoint, policy_from_checkpoint
-    from metta_rl.evaluation import EvaluationManager
-    from metta_rl.run_dir import _jsonable, atomic_write_text
+    from metta_rl.records.checkpoint import load_checkpoint, policy_from_checkpoint
+    from metta_rl.managers.evaluation import EvaluationManager
+    from metta_rl.records.run_dir import _jsonable, atomic_write_text
 
     ckpt = load_checkpoint(args.checkpoint)
     warn_skipped(args.checkpoint, ckpt)
@@ -280,10 +280,10 @@ def main(argv: list[str]) -> int:
         return fail(str(exc), EXIT_BAD_INPUT)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
-    from metta_rl.checkpoint import CheckpointError
+    from metta_rl.records.checkpoint import CheckpointError
     from metta_rl.config import ConfigError
-    from metta_rl.environment import EnvError
-    from metta_rl.evaluation import EvalError
+    from metta_rl.managers.environment import EnvError
+    from metta_rl.managers.evaluation import EvalError
 
     try:
         if args.device.startswith("cuda"):

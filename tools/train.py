@@ -21,11 +21,11 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from metta_rl import cli  # noqa: E402
-from metta_rl.checkpoint import CheckpointError  # noqa: E402
+from metta_rl.records.checkpoint import CheckpointError  # noqa: E402
 from metta_rl.config import ConfigError  # noqa: E402
-from metta_rl.environment import EnvError  # noqa: E402
-from metta_rl.guard import TrainingError  # noqa: E402
-from metta_rl.run_dir import RunExistsError  # noqa: E402
+from metta_rl.managers.environment import EnvError  # noqa: E402
+from metta_rl.managers.guard import TrainingError  # noqa: E402
+from metta_rl.records.run_dir import RunExistsError  # noqa: E402
 from metta_rl.signals import TrainingInterrupted  # noqa: E402
 from metta_rl.trainer import Trainer  # noqa: E402
 

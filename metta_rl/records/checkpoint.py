@@ -35,8 +35,8 @@ import numpy as np
 import torch
 
 from metta_rl.config import TrainerConfig
-from metta_rl.progress import TrainingProgress
-from metta_rl.run_dir import _jsonable
+from metta_rl.core.progress import TrainingProgress
+from metta_rl.records.run_dir import _jsonable
 
 FORMAT = 1
 CHECKPOINTS = "checkpoints"
@@ -272,8 +272,8 @@ def load_checkpoint(path: str | Path, *, map_location: Any = "cpu") -> Checkpoin
 def policy_from_checkpoint(checkpoint: Checkpoint | str | Path, *, device: str | torch.device = "cpu") -> Any:
     """Rebuild the policy of a checkpoint (its env's spaces come from one env of its config)."""
     from metta_rl.config import VectorizationConfig
-    from metta_rl.environment import EVAL_STREAM, EnvironmentManager
-    from metta_rl.policy import ActorCritic
+    from metta_rl.managers.environment import EVAL_STREAM, EnvironmentManager
+    from metta_rl.core.policy import ActorCritic
 
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
     config = ckpt.config

@@ -14,8 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from metta_rl.config import GuardConfig
-from metta_rl.optimizer import OptimizerManager
-from metta_rl.training import LossStats
+from metta_rl.managers.optimizer import OptimizerManager
+from metta_rl.managers.training import LossStats
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from metta_rl.config import ConfigError
-from metta_rl.progress import TrainingProgress
+from metta_rl.core.progress import TrainingProgress
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +37,9 @@ log = logging.getLogger(__name__)
 class EpochReport:
     """Everything one epoch produced, for hooks to read (never to change).
 
-    ``rollout`` is a :class:`~metta_rl.rollout.RolloutResult`, ``losses`` a
-    :class:`~metta_rl.training.LossStats`, ``eval`` an :class:`~metta_rl.evaluation.EvalResult`
-    when an evaluation ran this epoch, ``timings`` a :class:`~metta_rl.stats.EpochTimings`.
+    ``rollout`` is a :class:`~metta_rl.managers.rollout.RolloutResult`, ``losses`` a
+    :class:`~metta_rl.managers.training.LossStats`, ``eval`` an :class:`~metta_rl.managers.evaluation.EvalResult`
+    when an evaluation ran this epoch, ``timings`` a :class:`~metta_rl.managers.stats.EpochTimings`.
     """
 
     progress: TrainingProgress

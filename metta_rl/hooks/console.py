@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import Any, TextIO
 
 from metta_rl.hooks import Hook
-from metta_rl.progress import TrainingProgress
+from metta_rl.core.progress import TrainingProgress
 
 MAX_REDRAWS_PER_S = 4
 SPS_WINDOW_S = 10.0

@@ -28,11 +28,11 @@ import numpy as np
 import torch
 
 from metta_rl.config import EnvConfig, EvaluationConfig, VectorizationConfig
-from metta_rl.environment import EVAL_STREAM, EnvironmentManager
-from metta_rl.episodes import EpisodeTracker
-from metta_rl.policy import ActorCritic, action_nvec, sample_actions
-from metta_rl.progress import crossed
-from metta_rl.replay import Act, record_replay
+from metta_rl.managers.environment import EVAL_STREAM, EnvironmentManager
+from metta_rl.core.episodes import EpisodeTracker
+from metta_rl.core.policy import ActorCritic, action_nvec, sample_actions
+from metta_rl.core.progress import crossed
+from metta_rl.records.replay import Act, record_replay
 
 log = logging.getLogger(__name__)
 
@@ -337,7 +337,7 @@ class EvaluationManager:
         return returns, lengths
 
     def _record(self, policy: ActorCritic, stem: Path) -> str | None:
-        """A replay of the first task's env 0, on an env of its own (see metta_rl.replay).
+        """A replay of the first task's env 0, on an env of its own (see metta_rl.records.replay).
 
         The acting RNG is seeded like the first task's, so a replay is reproducible too. A
         replay is a side effect: one that cannot be made is a warning (once per task), never

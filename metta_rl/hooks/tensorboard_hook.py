@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from metta_rl.hooks import Hook
-from metta_rl.progress import TrainingProgress
+from metta_rl.core.progress import TrainingProgress
 
 # Counters that are the x-axis or bookkeeping, not curves.
 SKIP = frozenset({"agent_step"})

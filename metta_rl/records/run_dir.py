@@ -1,5 +1,5 @@
 """The run directory ``<runs_dir>/<run>/``: resolved config, metrics.jsonl, summary.json
-(and checkpoints/, see :mod:`metta_rl.checkpoint`).
+(and checkpoints/, see :mod:`metta_rl.records.checkpoint`).
 
 Nothing is written until the trainer is fully set up, so a bad config or a missing env never
 leaves a half-made run. An existing run is resumed (``resume=auto``) or refused

@@ -25,7 +25,7 @@ from urllib.parse import urlparse
 
 from metta_rl.config import WandbConfig
 from metta_rl.hooks import EpochReport, Hook
-from metta_rl.progress import TrainingProgress
+from metta_rl.core.progress import TrainingProgress
 
 log = logging.getLogger(__name__)
 

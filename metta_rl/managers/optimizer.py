@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from metta_rl.config import OptimizerConfig
-from metta_rl.progress import TrainingProgress
+from metta_rl.core.progress import TrainingProgress
 
 
 def scheduled_lr(config: OptimizerConfig, fraction: float) -> float:

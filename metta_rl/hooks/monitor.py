@@ -25,7 +25,7 @@ import psutil
 import torch
 
 from metta_rl.hooks import EpochReport, Hook
-from metta_rl.progress import TrainingProgress
+from metta_rl.core.progress import TrainingProgress
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """TrainingManager: the PPO update over one epoch's buffer.
 
 Advantages, minibatches, update epochs and the target-KL early stop live here; the loss terms
-themselves come from :mod:`metta_rl.ppo`.
+themselves come from :mod:`metta_rl.core.ppo`.
 """
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ from typing import Any
 
 import torch
 
-from metta_rl.buffer import ExperienceBuffer
+from metta_rl.core.buffer import ExperienceBuffer
 from metta_rl.config import ConfigError, PPOConfig, TrainingLoopConfig
-from metta_rl.optimizer import OptimizerManager
-from metta_rl.policy import ActorCritic, entropy, log_prob
-from metta_rl.ppo import (
+from metta_rl.managers.optimizer import OptimizerManager
+from metta_rl.core.policy import ActorCritic, entropy, log_prob
+from metta_rl.core.ppo import (
     approx_kl,
     clip_fraction,
     clipped_policy_loss,
@@ -26,7 +26,7 @@ from metta_rl.ppo import (
     value_loss,
     weighted_mean,
 )
-from metta_rl.progress import TrainingProgress
+from metta_rl.core.progress import TrainingProgress
 
 
 @dataclass(frozen=True)

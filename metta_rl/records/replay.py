@@ -26,8 +26,8 @@ import gymnasium
 import numpy as np
 
 from metta_rl.config import EnvConfig, VectorizationConfig
-from metta_rl.environment import EnvironmentManager
-from metta_rl.episodes import EpisodeTracker
+from metta_rl.managers.environment import EnvironmentManager
+from metta_rl.core.episodes import EpisodeTracker
 
 # The policy acting on one env: ``(obs [agents, ...], first [agents] bool) -> actions [agents, heads]``.
 Act = Callable[[np.ndarray, np.ndarray], np.ndarray]

@@ -10,11 +10,11 @@ from __future__ import annotations
 import logging
 
 from metta_rl.config import TrainerConfig
-from metta_rl.console import ConsoleHook
+from metta_rl.hooks.console import ConsoleHook
 from metta_rl.hooks import Hook
-from metta_rl.learning_curve import LearningCurveHook
-from metta_rl.monitor import HeartbeatHook, ProfilerHook, SystemMonitorHook
-from metta_rl.run_dir import MetricsFileHook, RunDirectory
+from metta_rl.hooks.learning_curve import LearningCurveHook
+from metta_rl.hooks.monitor import HeartbeatHook, ProfilerHook, SystemMonitorHook
+from metta_rl.records.run_dir import MetricsFileHook, RunDirectory
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ def default_hooks(config: TrainerConfig, run_dir: RunDirectory, *, console: bool
     if logging_cfg.heartbeat:
         hooks.append(HeartbeatHook(run_dir.path / "heartbeat"))
     if config.tensorboard.enabled:
-        from metta_rl.tensorboard_hook import TensorBoardHook, tensorboard_available
+        from metta_rl.hooks.tensorboard_hook import TensorBoardHook, tensorboard_available
 
         if tensorboard_available():
             hooks.append(TensorBoardHook(run_dir.path / "tensorboard"))
@@ -42,7 +42,7 @@ def default_hooks(config: TrainerConfig, run_dir: RunDirectory, *, console: bool
                 "tensorboard.enabled=true but tensorboard is not installed: pip install 'metta_rl[tensorboard]'"
             )
     if config.wandb.enabled and config.wandb.mode != "disabled":
-        from metta_rl.wandb_hook import WandbHook
+        from metta_rl.hooks.wandb_hook import WandbHook
 
         hooks.append(WandbHook(config.wandb))
     # Last: it reads metrics.jsonl, complete once every other hook has seen the last epoch.

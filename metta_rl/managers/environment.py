@@ -13,7 +13,7 @@ import pufferlib
 import pufferlib.vector
 
 from metta_rl.config import ConfigError, EnvConfig, VectorizationConfig
-from metta_rl.envs import EnvStepError, make_creators
+from metta_rl.envs.factories import EnvStepError, make_creators
 
 log = logging.getLogger(__name__)
 

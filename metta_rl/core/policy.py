@@ -21,7 +21,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from metta_rl.config import ConfigError, PolicyConfig
-from metta_rl.twin_mlp import TwinMLP
+from metta_rl.core.twin_mlp import TwinMLP
 
 LSTMState = tuple[torch.Tensor, torch.Tensor]
 

@@ -15,11 +15,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from metta_rl.buffer import ExperienceBuffer
-from metta_rl.environment import EnvironmentManager
-from metta_rl.episodes import EpisodeTracker
-from metta_rl.policy import ActorCritic, sample_actions
-from metta_rl.progress import TrainingProgress
+from metta_rl.core.buffer import ExperienceBuffer
+from metta_rl.managers.environment import EnvironmentManager
+from metta_rl.core.episodes import EpisodeTracker
+from metta_rl.core.policy import ActorCritic, sample_actions
+from metta_rl.core.progress import TrainingProgress
 
 
 @dataclass

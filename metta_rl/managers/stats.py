@@ -2,7 +2,7 @@
 
 Metric names are grouped in families (``overview/``, ``losses/``, ``env/``, ``timing/``,
 ``eval/``) so every sink (console, metrics.jsonl, W&B, TensorBoard) shows them the same way.
-``system/`` (CPU, memory, GPU memory) is sampled by :class:`metta_rl.monitor.SystemMonitorHook`
+``system/`` (CPU, memory, GPU memory) is sampled by :class:`metta_rl.hooks.monitor.SystemMonitorHook`
 and reaches the same dict through ``custom_metrics``, so ``logging.system_monitor`` can turn
 it off like any other side effect.
 """
@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from metta_rl.progress import TrainingProgress
-from metta_rl.rollout import RolloutResult
-from metta_rl.training import LossStats
+from metta_rl.core.progress import TrainingProgress
+from metta_rl.managers.rollout import RolloutResult
+from metta_rl.managers.training import LossStats
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""Env factories, seeding and wrappers for Gymnasium, PettingZoo and MettaGrid."""
