@@ -10,7 +10,7 @@ import torch
 
 from metta_rl.config import ConfigError, EnvConfig, TrainerConfig, VectorizationConfig
 from metta_rl.managers.environment import EVAL_STREAM, TRAIN_STREAM, EnvError, EnvironmentManager
-from metta_rl.envs.factories import env_seed
+from metta_rl.envs.seeding import env_seed
 from metta_rl.trainer import Trainer
 from tests.envs_for_tests import EPISODE_LENGTH
 from tests.integration_utils import PZ_ENV, config_dict, make_config
@@ -44,11 +44,11 @@ def manager(
     return EnvironmentManager(env=env, vectorization=vec, seed=seed, stream=stream)
 
 
-def first_obs(env: EnvConfig = CARTPOLE, **kwargs) -> np.ndarray:
+def first_obs(env: EnvConfig = CARTPOLE, start: int = 0, **kwargs) -> np.ndarray:
     """The observations of the first recv after reset (all rows), copied."""
     m = manager(env, **kwargs)
     try:
-        m.reset()
+        m.reset(start=start)
         parts = {}
         while len(parts) * m.agents_per_batch < m.num_agents:
             batch = m.recv()
@@ -224,6 +224,33 @@ def test_evaluation_stream_differs_from_training_stream():
     for row in range(4):
         assert not np.array_equal(train[row], evaluation[row])
     assert env_seed(0, TRAIN_STREAM, 0) != env_seed(0, EVAL_STREAM, 0)
+
+
+@pytest.mark.parametrize(
+    "vec",
+    [dict(backend="serial", num_envs=4), dict(backend="multiprocessing", num_envs=4, num_workers=2)],
+    ids=["serial", "multiprocessing"],
+)
+def test_a_later_start_point_gives_every_env_new_episodes_reproducibly(vec):
+    """A run resumed at epoch E starts its envs on episodes of their own for E, not on a
+    replay of epoch 0's; the same (seed, start) gives the same episodes on any backend."""
+    at_zero = first_obs(seed=5, **vec)
+    later = first_obs(seed=5, start=195, **vec)
+    for row in range(4):
+        assert not np.array_equal(at_zero[row], later[row])
+    np.testing.assert_array_equal(later, first_obs(seed=5, start=195, backend="serial", num_envs=4))
+    assert not np.array_equal(later, first_obs(seed=5, start=196, **vec))
+
+
+def test_pettingzoo_envs_see_their_own_seed_for_the_start_point():
+    m = manager(PZ, num_envs=3, seed=4)
+    try:
+        m.reset(start=7)
+        m.recv()
+        for i, env in enumerate(m.vecenv.envs):
+            assert env.env._env.reset_seeds == [env_seed(4, TRAIN_STREAM, i, 7)]
+    finally:
+        m.close()
 
 
 def test_explicit_reset_restarts_every_env_from_its_seed():

@@ -1,11 +1,9 @@
 """Environment factories: one picklable creator per env, for ``pufferlib.vector.make``.
 
 Gymnasium and PettingZoo envs go through pufferlib's emulation layer; MettaGrid is a native
-PufferEnv. Seeding is ours, not pufferlib's: pufferlib gives env ``j`` of worker ``w`` the reset
-seed ``seed + w + j``, so two envs in different workers can share a seed. Instead every env gets
-``SeedSequence([seed, stream, env_index])`` on each explicit reset (``stream`` separates the
-training envs from the evaluation envs), and continues its own RNG on the automatic resets
-between episodes.
+PufferEnv. Seeding is ours, not pufferlib's (see :mod:`metta_rl.envs.seeding`): on each explicit
+reset every env takes its own seed from (run seed, stream, env index, start point), and it
+continues its own RNG on the automatic resets between episodes.
 """
 
 from __future__ import annotations
@@ -20,17 +18,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import gymnasium
-import numpy as np
 import pufferlib.emulation
 
 from metta_rl.config import ConfigError
+from metta_rl.envs.seeding import EnvSeeds
 
 METTAGRID_PRESETS = ("arena", "navigation")
-
-
-def env_seed(seed: int, stream: int, env_index: int) -> int:
-    """The reset seed of one env: distinct per (run seed, stream, env index)."""
-    return int(np.random.SeedSequence([seed, stream, env_index]).generate_state(1)[0])
 
 
 def check_env_id(kind: str, env_id: str) -> None:
@@ -79,14 +72,13 @@ class _SeededGymReset(gymnasium.Wrapper):
     """Gymnasium wrapper that replaces pufferlib's reset seed with the env's own seed, and
     names the env (id and index) in any exception it raises."""
 
-    def __init__(self, env: gymnasium.Env, seed: int, label: str) -> None:
+    def __init__(self, env: gymnasium.Env, seeds: EnvSeeds, label: str) -> None:
         super().__init__(env)
-        self._own_seed = seed
+        self._seeds = seeds
         self._label = label
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
-        own = self._own_seed if seed is not None else None
-        return _named_errors(self._label, self.env.reset, seed=own, options=options)
+        return _named_errors(self._label, self.env.reset, seed=self._seeds.for_reset(seed), options=options)
 
     def step(self, action: Any):
         try:  # inline, not via _named_errors: this is the per-step hot path
@@ -99,14 +91,13 @@ class _SeededParallelEnv:
     """PettingZoo ParallelEnv proxy that replaces pufferlib's reset seed with the env's own
     seed, and names the env in any exception it raises."""
 
-    def __init__(self, env: Any, seed: int, label: str) -> None:
+    def __init__(self, env: Any, seeds: EnvSeeds, label: str) -> None:
         self._env = env
-        self._own_seed = seed
+        self._seeds = seeds
         self._label = label
 
     def reset(self, seed: int | None = None, options: dict | None = None):
-        own = self._own_seed if seed is not None else None
-        return _named_errors(self._label, self._env.reset, seed=own, options=options)
+        return _named_errors(self._label, self._env.reset, seed=self._seeds.for_reset(seed), options=options)
 
     def step(self, actions: Any):
         return _named_errors(self._label, self._env.step, actions)
@@ -141,23 +132,23 @@ class EnvCreator:
             # closes the workers), so a terminal's SIGINT to the process group must not kill us.
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             _die_with_parent()
-        own_seed = env_seed(self.seed, self.stream, self.env_index)
+        seeds = EnvSeeds(self.seed, self.stream, self.env_index)
         kwargs = dict(self.kwargs)
         label = f"{self.env_index} ({self.env_id})"
         if self.kind == "gym":
             if self.render_mode is not None:
                 kwargs["render_mode"] = self.render_mode
-            env = _SeededGymReset(gymnasium.make(self.env_id, **kwargs), own_seed, label)
+            env = _SeededGymReset(gymnasium.make(self.env_id, **kwargs), seeds, label)
             return pufferlib.emulation.GymnasiumPufferEnv(env=env, buf=buf)
         if self.kind == "pettingzoo":
-            env = _SeededParallelEnv(_resolve_callable(self.env_id)(**kwargs), own_seed, label)
+            env = _SeededParallelEnv(_resolve_callable(self.env_id)(**kwargs), seeds, label)
             return pufferlib.emulation.PettingZooPufferEnv(env=env, buf=buf)
         if self.kind == "mettagrid":
-            return _make_mettagrid(self.env_id, kwargs, buf, own_seed)
+            return _make_mettagrid(self.env_id, kwargs, buf, seeds)
         raise ConfigError(f"env.kind={self.kind!r} is invalid")
 
 
-def _make_mettagrid(preset: str, kwargs: dict[str, Any], buf: Any, seed: int) -> Any:
+def _make_mettagrid(preset: str, kwargs: dict[str, Any], buf: Any, seeds: EnvSeeds) -> Any:
     from mettagrid.builder.envs import make_arena, make_navigation
     from mettagrid.simulator import Simulator
 
@@ -171,9 +162,10 @@ def _make_mettagrid(preset: str, kwargs: dict[str, Any], buf: Any, seed: int) ->
     # The time limit is a truncation (PPO bootstraps from the last observation), not the end
     # of the task; and the map is drawn from the env's own seed, so runs are reproducible.
     cfg.game.episode_truncates = True
+    seed = seeds.for_reset(0)
     if hasattr(cfg.game.map_builder, "seed"):
         cfg.game.map_builder.seed = seed
-    return _seeded_mettagrid_class()(Simulator(), cfg, buf=buf, seed=seed)
+    return _seeded_mettagrid_class()(Simulator(), cfg, buf=buf, seed=seed, seeds=seeds)
 
 
 @functools.cache
@@ -182,10 +174,14 @@ def _seeded_mettagrid_class() -> type:
     from mettagrid.envs.mettagrid_puffer_env import MettaGridPufferEnv
 
     class SeededMettaGrid(MettaGridPufferEnv):
-        """Keeps its construction seed on explicit resets (see module docstring)."""
+        """Takes its own seed on explicit resets (see :mod:`metta_rl.envs.seeding`)."""
+
+        def __init__(self, *args: Any, seeds: EnvSeeds, **kwargs: Any) -> None:
+            self.seeds = seeds
+            super().__init__(*args, **kwargs)
 
         def reset(self, seed: int | None = None):
-            return super().reset(seed=self._current_seed if seed is not None else None)
+            return super().reset(seed=self.seeds.for_reset(seed))
 
     return SeededMettaGrid
 

@@ -14,6 +14,7 @@ import pufferlib.vector
 
 from metta_rl.config import ConfigError, EnvConfig, VectorizationConfig
 from metta_rl.envs.factories import EnvStepError, make_creators
+from metta_rl.envs.seeding import reset_key
 
 log = logging.getLogger(__name__)
 
@@ -106,10 +107,11 @@ class EnvironmentManager:
             )
         return batch_size // self.num_agents
 
-    def reset(self) -> None:
-        """Start every env (pufferlib's seed is replaced by each env's own, see envs.py)."""
+    def reset(self, start: int = 0) -> None:
+        """Start every env on episodes of its own for start point ``start`` (the epoch a run
+        starts at: 0, or the resume point), see :mod:`metta_rl.envs.seeding`."""
         try:
-            self.vecenv.async_reset(self.seed)
+            self.vecenv.async_reset(reset_key(start))
         except Exception as exc:
             raise self._named(exc) from exc
 

@@ -53,12 +53,16 @@ class RolloutManager:
         self.state = policy.initial_state(env.num_agents, device)
         self._started = False
 
-    def collect(self, policy: ActorCritic, progress: TrainingProgress) -> RolloutResult:  # noqa: ARG002
-        """Step the env until every row holds ``horizon + 1`` steps."""
+    def collect(self, policy: ActorCritic, progress: TrainingProgress) -> RolloutResult:
+        """Step the env until every row holds ``horizon + 1`` steps.
+
+        The first collect starts the envs from ``progress``: a resumed run gets fresh episodes
+        for its resume point, not a replay of epoch 0's.
+        """
         buf = self.buffer
         env = self.env
         if not self._started:
-            env.reset()
+            env.reset(start=progress.epoch)
             self._started = True
         if buf.full:
             buf.carry_last_column()
