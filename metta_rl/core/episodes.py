@@ -11,7 +11,9 @@ agents whose episode ended, never over every agent every step.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -70,3 +72,37 @@ class EpisodeTracker:
         self.live[rows] = valid
         self.prev_done[rows] = done
         return valid, first, finished
+
+
+def play_episodes(
+    env: Any,
+    act: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    *,
+    stop: Callable[[FinishedEpisodes], bool],
+    max_states: int,
+    on_state: Callable[[], None] | None = None,
+) -> bool:
+    """The one episode-playing loop (evaluation scores, replays record): reset ``env`` (an
+    :class:`~metta_rl.managers.environment.EnvironmentManager`), then receive a state, act on
+    it, repeat.
+
+    ``act(obs, first)`` gives the actions for a batch (``first`` marks episode starts, where a
+    recurrent actor resets its state). ``on_state`` runs once per received state, the first
+    (after reset) and every final one included. After each batch that finished episodes,
+    ``stop(finished)`` says whether to end. Returns True when ``stop`` ended the play, False
+    when ``max_states`` states were received first.
+    """
+    tracker = EpisodeTracker(env.num_agents)
+    env.reset()
+    states = 0
+    while True:
+        batch = env.recv()
+        states += 1
+        _, first, finished = tracker.observe(batch.rows, batch.rewards, batch.terminals, batch.truncations, batch.masks)
+        if on_state is not None:
+            on_state()
+        if finished is not None and stop(finished):
+            return True
+        if states >= max_states:
+            return False
+        env.send(act(np.asarray(batch.obs), first))

@@ -29,7 +29,7 @@ import torch
 
 from metta_rl.config import EnvConfig, EvaluationConfig, VectorizationConfig
 from metta_rl.managers.environment import EVAL_STREAM, EnvironmentManager
-from metta_rl.core.episodes import EpisodeTracker
+from metta_rl.core.episodes import FinishedEpisodes, play_episodes
 from metta_rl.core.policy import ActorCritic, action_nvec, sample_actions
 from metta_rl.core.progress import crossed
 from metta_rl.records.replay import Act, record_replay
@@ -312,28 +312,19 @@ class EvaluationManager:
         done_per_env = np.zeros(num_envs, dtype=np.int64)
         returns: list[float] = []
         lengths: list[int] = []
-        tracker = EpisodeTracker(rows)
+
+        def tally(finished: FinishedEpisodes) -> bool:
+            for row, ret, length in zip(finished.rows, finished.returns, finished.lengths):
+                e = env_of_row[row]
+                if done_per_env[e] < quota[e]:
+                    done_per_env[e] += 1
+                    returns.append(float(ret))
+                    lengths.append(int(length))
+            return bool((done_per_env >= quota).all())
+
         act = _PolicyActor(policy, rows, self.device, cfg.deterministic, generator)
-        env.reset()
-        steps = 0
-        while (done_per_env < quota).any():
-            if steps >= cfg.max_steps:
-                raise EvalError(
-                    f"did not finish {cfg.num_episodes} episodes within evaluation.max_steps={cfg.max_steps}"
-                )
-            batch = env.recv()
-            _, first, finished = tracker.observe(
-                batch.rows, batch.rewards, batch.terminals, batch.truncations, batch.masks
-            )
-            if finished is not None:
-                for row, ret, length in zip(finished.rows, finished.returns, finished.lengths):
-                    e = env_of_row[row]
-                    if done_per_env[e] < quota[e]:
-                        done_per_env[e] += 1
-                        returns.append(float(ret))
-                        lengths.append(int(length))
-            env.send(act(np.asarray(batch.obs), first))
-            steps += 1
+        if not play_episodes(env, act, stop=tally, max_states=cfg.max_steps):
+            raise EvalError(f"did not finish {cfg.num_episodes} episodes within evaluation.max_steps={cfg.max_steps}")
         return returns, lengths
 
     def _record(self, policy: ActorCritic, stem: Path) -> str | None:

@@ -27,7 +27,7 @@ import numpy as np
 
 from metta_rl.config import EnvConfig, VectorizationConfig
 from metta_rl.managers.environment import EnvironmentManager
-from metta_rl.core.episodes import EpisodeTracker
+from metta_rl.core.episodes import FinishedEpisodes, play_episodes
 
 # The policy acting on one env: ``(obs [agents, ...], first [agents] bool) -> actions [agents, heads]``.
 Act = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -152,24 +152,15 @@ def record_replay(
         env.close()
 
 
-def _play(env: EnvironmentManager, act: Act, max_steps: int, on_state: Callable[[], None]) -> None:
-    """Reset and play until every agent's first episode ended or ``max_steps`` states were seen;
-    ``on_state`` runs once per state, the first (after reset) and the last (the final state)
-    included."""
-    tracker = EpisodeTracker(env.num_agents)
+def _play(env: EnvironmentManager, act: Act, max_states: int, on_state: Callable[[], None]) -> None:
+    """Play until every agent's first episode ended or ``max_states`` states were seen."""
     ended = np.zeros(env.num_agents, dtype=bool)
-    env.reset()
-    states = 0
-    while True:
-        batch = env.recv()
-        _, first, finished = tracker.observe(batch.rows, batch.rewards, batch.terminals, batch.truncations, batch.masks)
-        on_state()
-        states += 1
-        if finished is not None:
-            ended[finished.rows] = True
-        if ended.all() or states >= max_steps:
-            return
-        env.send(act(np.asarray(batch.obs), first))
+
+    def all_ended(finished: FinishedEpisodes) -> bool:
+        ended[finished.rows] = True
+        return bool(ended.all())
+
+    play_episodes(env, act, stop=all_ended, max_states=max_states, on_state=on_state)
 
 
 def _record_gif(env: EnvironmentManager, puffer_env: Any, act: Act, max_frames: int, stem: Path):
