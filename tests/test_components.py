@@ -137,19 +137,6 @@ def test_episode_tracker_agent_that_dies_then_is_padded():
         assert fin is None and not valid[0] and first[0]
 
 
-def test_episode_tracker_reset_forgets_running_episodes():
-    tr = EpisodeTracker(1)
-    rows = slice(0, 1)
-    ok = _b(T)
-    tr.observe(rows, _f(0), _b(F), _b(F), ok)
-    tr.observe(rows, _f(100), _b(F), _b(F), ok)
-    tr.reset()
-    valid, first, fin = tr.observe(rows, _f(0), _b(F), _b(F), ok)
-    assert first[0] and valid[0] and fin is None
-    _, _, fin = tr.observe(rows, _f(1), _b(T), _b(F), ok)
-    assert fin.returns.tolist() == [1.0] and fin.lengths.tolist() == [1]
-
-
 # ---------------------------------------------------------------------------------- LR schedule
 BASE = 1e-3
 

@@ -154,7 +154,6 @@ def _training_snapshot(trainer: Trainer) -> dict:
     tracker = trainer.rollout.episodes
     return {
         "stats": trainer.stats.state_dict(),
-        "latest": dict(trainer.stats.latest),
         "progress": trainer.progress,
         "buffer": {k: v.copy() for k, v in vars(buf).items() if isinstance(v, np.ndarray)},
         "episodes": {k: getattr(tracker, k).copy() for k in ("returns", "lengths", "live", "prev_done")},
@@ -166,7 +165,7 @@ def _training_snapshot(trainer: Trainer) -> dict:
 
 
 def _assert_same(a: dict, b: dict) -> None:
-    assert a["stats"] == b["stats"] and a["latest"] == b["latest"] and a["progress"] == b["progress"]
+    assert a["stats"] == b["stats"] and a["progress"] == b["progress"]
     for group in ("buffer", "episodes"):
         assert a[group].keys() == b[group].keys()
         for key in a[group]:

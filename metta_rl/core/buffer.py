@@ -78,10 +78,3 @@ class ExperienceBuffer:
             for dst, src in zip(self.state0, self.next_state0):
                 dst.copy_(src)
         self.col[:] = 1
-
-    def clear(self) -> None:
-        """Start over with an empty buffer (after the env was reset)."""
-        self.col[:] = 0
-        if self.state0 is not None:
-            for t in self.state0:
-                t.zero_()

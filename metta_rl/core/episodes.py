@@ -34,13 +34,6 @@ class EpisodeTracker:
         # Did the last received step end the episode? Then the next observation starts one.
         self.prev_done = np.ones(num_rows, dtype=bool)
 
-    def reset(self) -> None:
-        """Forget running episodes (after the vector env itself is reset)."""
-        self.returns[:] = 0
-        self.lengths[:] = 0
-        self.live[:] = False
-        self.prev_done[:] = True
-
     def observe(
         self,
         rows: slice,

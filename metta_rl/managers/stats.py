@@ -41,7 +41,6 @@ class StatsManager:
         self.episode_returns: deque[float] = deque(maxlen=window)
         self.episode_lengths: deque[float] = deque(maxlen=window)
         self.time_totals = {"env": 0.0, "inference": 0.0, "update": 0.0, "other": 0.0}
-        self.latest: dict[str, float] = {}
 
     def record(
         self,
@@ -78,7 +77,6 @@ class StatsManager:
         metrics.update(losses.as_metrics())
         for key, values in rollout.env_info.items():
             metrics[f"env/{key}"] = float(np.mean(values))
-        self.latest = metrics
         return metrics
 
     def time_split(self) -> dict[str, float]:
