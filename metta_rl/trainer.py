@@ -10,6 +10,9 @@ the managers as an argument; no manager keeps a copy, and none holds a reference
 A checkpoint is the union of every manager's ``state_dict`` plus progress and RNG states:
 :meth:`Trainer.checkpoint_state` is the one place that gathers it and
 :meth:`Trainer.load_checkpoint` the one place that puts it back (resume, rollback, notebooks).
+When, where and which one is the :class:`~metta_rl.records.checkpointer.Checkpointer`'s.
+The run record (metrics.jsonl, summary.json) is written here, not by a hook: a record that
+cannot be written stops the run (:class:`~metta_rl.records.run_dir.RunRecordError`).
 """
 
 from __future__ import annotations
@@ -36,8 +39,9 @@ from metta_rl.managers.guard import NonFiniteGuard, TrainingError
 from metta_rl.hooks import EpochReport, Hook, HookList, hook_from_spec
 from metta_rl.managers.optimizer import OptimizerManager
 from metta_rl.core.policy import ActorCritic
-from metta_rl.core.progress import TrainingProgress, crossed
+from metta_rl.core.progress import TrainingProgress, steps_per_second
 from metta_rl.managers.rollout import RolloutManager
+from metta_rl.records.checkpointer import Checkpointer
 from metta_rl.records.run_dir import RunDirectory
 from metta_rl.signals import StopSignals, TrainingInterrupted
 from metta_rl.managers.stats import EpochTimings, StatsManager
@@ -94,9 +98,7 @@ class Trainer:
         self.evaluator: EvaluationManager | None = None
         self.last_metrics: dict[str, float] = {}
         self.last_eval: EvalResult | None = None
-        self.resumed_from: Path | None = None
-        self.last_checkpoint: Path | None = None
-        self._saved_epoch: int | None = None
+        self.checkpointer = Checkpointer(run_path=self.run_dir.path, config=self.config.checkpoint)
         self.guard = NonFiniteGuard(self.config.guard)
         self.eval_failures = 0
         self._setup_done = False
@@ -125,19 +127,12 @@ class Trainer:
             self.optimizer = OptimizerManager(policy=self.policy, config=cfg.optimizer)
             self.rollout = RolloutManager(env=self.env, policy=self.policy, horizon=horizon, device=self.device)
             self.training = TrainingManager(
-                ppo=cfg.ppo,
-                loop=cfg.trainer,
-                horizon=horizon,
-                recurrent=cfg.policy.lstm,
-                device=self.device,
-                seed=cfg.seed,
+                ppo=cfg.ppo, loop=cfg.trainer, horizon=horizon, recurrent=cfg.policy.lstm, device=self.device, seed=cfg.seed
             )
             self.stats = StatsManager()
             if cfg.evaluation.enabled:
-                self.evaluator = EvaluationManager(
-                    env=cfg.env, config=cfg.evaluation, seed=cfg.seed, device=self.device
-                )
-            resumed = self._resume()
+                self.evaluator = EvaluationManager(env=cfg.env, config=cfg.evaluation, seed=cfg.seed, device=self.device)
+            resumed = self.checkpointer.resume(cfg.resume, restore=self.load_checkpoint, map_location=self.device)
             self.run_dir.open(cfg.to_dict(), resume_step=resumed.progress.agent_step if resumed else None)
         except BaseException:
             self.cleanup()
@@ -154,40 +149,15 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
     @property
     def checkpoints_dir(self) -> Path:
-        return self.run_dir.path / ckpt_files.CHECKPOINTS
+        return self.checkpointer.dir
 
-    def _resume(self) -> Checkpoint | None:
-        """Load the checkpoint ``resume`` names; with ``auto``, the newest of this run that loads."""
-        cfg = self.config
-        if cfg.resume == "never":
-            return None
-        if cfg.resume == "auto":
-            candidates = ckpt_files.list_checkpoints(self.run_dir.path)
-            if not candidates:
-                return None
-        else:
-            candidates = [Path(cfg.resume)]
-        errors = []
-        for path in candidates:
-            try:
-                checkpoint = ckpt_files.load_checkpoint(path, map_location=self.device)
-                self.load_checkpoint(checkpoint)
-            except CheckpointError as exc:
-                if cfg.resume != "auto":
-                    raise
-                log.warning("skipping checkpoint: %s", exc)
-                errors.append(str(exc))
-                continue
-            self.resumed_from = checkpoint.path
-            log.info(
-                "resumed from %s at agent step %s (epoch %d)",
-                checkpoint.path, f"{checkpoint.progress.agent_step:,}", checkpoint.epoch,
-            )
-            return checkpoint
-        raise CheckpointError(
-            f"run {self.run_dir.path} has checkpoints but none can be resumed ({'; '.join(errors)}); "
-            "use resume=never with a new run name, or resume=<path>"
-        )
+    @property
+    def resumed_from(self) -> Path | None:
+        return self.checkpointer.resumed_from
+
+    @property
+    def last_checkpoint(self) -> Path | None:
+        return self.checkpointer.last
 
     def checkpoint_state(self) -> dict[str, Any]:
         """Everything that must survive a restart: the one place a checkpoint is gathered."""
@@ -198,6 +168,8 @@ class Trainer:
             "training": self.training.state_dict(),
             "stats": self.stats.state_dict(),
             "evaluation": self.evaluator.state_dict() if self.evaluator is not None else None,
+            "guard": self.guard.state_dict(),
+            "eval_failures": self.eval_failures,
             "progress": asdict(self.progress),
             "rng": ckpt_files.capture_rng(),
         }
@@ -219,11 +191,7 @@ class Trainer:
         if not isinstance(checkpoint, Checkpoint):
             checkpoint = ckpt_files.load_checkpoint(checkpoint, map_location=self.device)
         assert self.policy is not None
-        saved = checkpoint.metadata.get("spaces")
-        if saved is not None and saved != self._spaces():
-            raise CheckpointError(
-                f"checkpoint {checkpoint.path} was saved for other env spaces ({saved}); this env has {self._spaces()}"
-            )
+        ckpt_files.check_spaces(checkpoint, self._spaces())
         state = checkpoint.state
         ckpt_files.load_policy_state(self.policy, checkpoint)
         try:
@@ -233,6 +201,9 @@ class Trainer:
                 self.stats.load_state_dict(state["stats"])
                 if self.evaluator is not None and state["evaluation"] is not None:
                     self.evaluator.load_state_dict(state["evaluation"])
+                # Checkpoints from before these counters were saved load them as 0.
+                self.guard.load_state_dict(state.get("guard", {}))
+                self.eval_failures = int(state.get("eval_failures", 0))
                 saved_progress = TrainingProgress(**state["progress"])
                 # The step budget is this config's: a resumed run may be extended.
                 self.progress = replace(saved_progress, total_timesteps=step_budget(self.config))
@@ -243,7 +214,7 @@ class Trainer:
                 f"checkpoint {checkpoint.path} does not fit this trainer: {type(exc).__name__}: {detail}"
             ) from None
         if not weights_only:
-            self._saved_epoch = self.progress.epoch
+            self.checkpointer.loaded(self.progress.epoch)
         return checkpoint
 
     def save_checkpoint(self) -> Path:
@@ -253,46 +224,29 @@ class Trainer:
             raise TrainingError(
                 f"policy weights are not finite at epoch {self.progress.epoch}: refusing to write a checkpoint"
             )
-        p = self.progress
-        ev = self.last_eval
-        path = ckpt_files.save_checkpoint(
-            self.checkpoints_dir / ckpt_files.checkpoint_name(p.epoch),
+        p, ev = self.progress, self.last_eval
+        best = self.evaluator.tracker.best if self.evaluator is not None else None
+        path = self.checkpointer.save(
+            progress=p,
             state=self.checkpoint_state(),
             metadata={
-                "run": self.run_dir.path.name,
-                "progress": asdict(p),
                 "config": self.config.to_dict(),
-                "versions": ckpt_files.versions(),
                 "spaces": self._spaces(),
                 "metrics": dict(self.last_metrics),
                 "eval": None if ev is None else {
                     "mean_return": ev.mean_return, "agent_step": ev.agent_step, "epoch": ev.epoch
                 },
             },
+            best=best is not None and best.epoch == p.epoch,
         )
-        best = self.evaluator.tracker.best if self.evaluator is not None else None
-        if self.config.checkpoint.keep_best and best is not None and best.epoch == p.epoch:
-            ckpt_files.set_best(self.checkpoints_dir, path)
-        ckpt_files.prune(self.checkpoints_dir, keep_last=self.config.checkpoint.keep_last)
-        self._saved_epoch = p.epoch
-        self.last_checkpoint = path
         self.hooks.call("on_checkpoint", progress=p, path=path)
         return path
 
-    def _checkpoint_due(self, prev_epoch: int, new_best: bool) -> bool:
-        if self._saved_epoch == self.progress.epoch:
-            return False
-        cfg = self.config.checkpoint
-        return self.progress.done or crossed(prev_epoch, self.progress.epoch, cfg.interval) or (
-            new_best and cfg.keep_best
-        )
-
     def _restore_last_good(self) -> Path:
-        """The guard's rollback: the newest checkpoint's weights, optimizer and minibatch RNG;
-        progress and statistics keep counting (those env steps did happen)."""
-        checkpoint = ckpt_files.load_checkpoint(self.run_dir.path, map_location=self.device)
-        self.load_checkpoint(checkpoint, weights_only=True)
-        return checkpoint.path
+        """The guard's rollback: weights, optimizer and minibatch RNG of this run's newest
+        checkpoint; progress and statistics keep counting (those env steps did happen)."""
+        restore = lambda c: self.load_checkpoint(c, weights_only=True)  # noqa: E731
+        return self.checkpointer.restore_last_good(restore=restore, map_location=self.device)
 
     def add_hook(self, hook: Hook) -> None:
         self.hooks.add(hook)
@@ -316,13 +270,11 @@ class Trainer:
             self.setup()
         if not self._started:
             self._started = True
-            self.hooks.call(
-                "on_train_start",
-                progress=self.progress, config=self.config, run_dir=self.run_dir, resumed_from=self.resumed_from,
-            )
-            if self.resumed_from is None and not ckpt_files.list_checkpoints(self.run_dir.path):
-                # The initial policy: a resume point before the first interval, and the
-                # non-finite guard's rollback target.
+            self.hooks.call("on_train_start", progress=self.progress, config=self.config, run_dir=self.run_dir,
+                            resumed_from=self.resumed_from)
+            if self.checkpointer.rollback_target is None:
+                # The initial policy (fresh, or resumed from another run's checkpoint): a resume
+                # point before the first interval, and the non-finite guard's rollback target.
                 self.save_checkpoint()
 
     def train_epoch(self) -> dict[str, float]:
@@ -342,7 +294,7 @@ class Trainer:
         eval_metrics: dict[str, float] = {}
         epoch_eval: EvalResult | None = None
         new_best = False
-        final = step_after >= prev.total_timesteps
+        final = step_after >= prev.total_timesteps  # the last epoch is always evaluated
         if self.evaluator is not None and (self.evaluator.due(prev.epoch, epoch_after) or final):
             epoch_eval = self._evaluate(agent_step=step_after, epoch=epoch_after)
             if epoch_eval is not None:
@@ -362,9 +314,10 @@ class Trainer:
         report = EpochReport(progress=progress, rollout=rollout, losses=losses, timings=timings, eval=epoch_eval)
         metrics.update(self.hooks.custom_metrics(report))
         self.last_metrics = metrics
+        self.run_dir.append_metrics(metrics)  # the run record first; a failed write stops the run
         self.hooks.call("on_epoch_end", progress=progress, metrics=MappingProxyType(metrics), report=report)
         # After the metrics line is written: a resume truncates metrics.jsonl to its checkpoint.
-        if self._checkpoint_due(prev.epoch, new_best):
+        if self.checkpointer.due(prev.epoch, progress.epoch, done=progress.done, new_best=new_best):
             self.save_checkpoint()
         return metrics
 
@@ -380,20 +333,19 @@ class Trainer:
                 while not self.progress.done:
                     self.train_epoch()
                     if stop.signum is not None and not self.progress.done:
-                        path = self.last_checkpoint if self._saved_epoch == self.progress.epoch else None
-                        path = path or self.save_checkpoint()
+                        path = self.checkpointer.saved_at(self.progress.epoch) or self.save_checkpoint()
                         raise TrainingInterrupted(stop.signum, path, self.progress.agent_step)
+            summary = self.summary()
+            self.run_dir.write_summary(summary)
         except BaseException as exc:
             self.hooks.call("on_failure", progress=self.progress, error=exc)
             raise
-        summary = self.summary()
-        self.run_dir.write_summary(summary)
         self.hooks.call("on_train_end", progress=self.progress, summary=summary)
         return TrainResult(summary=summary, progress=self.progress, metrics=self.last_metrics, eval=self.last_eval)
 
     def _evaluate_now(self, *, agent_step: int, epoch: int) -> EvalResult:
+        """The evaluator writes a replay to ``replays/`` only when evaluation.replay is on."""
         assert self.evaluator is not None and self.policy is not None
-        # The evaluator writes a replay there only when evaluation.replay is on.
         self.last_eval = self.evaluator.evaluate(
             self.policy, agent_step=agent_step, epoch=epoch, replay_dir=self.run_dir.path / "replays"
         )
@@ -417,8 +369,7 @@ class Trainer:
         return self._evaluate_now(agent_step=self.progress.agent_step, epoch=self.progress.epoch)
 
     def summary(self) -> dict[str, Any]:
-        p = self.progress
-        ev = self.last_eval
+        p, ev = self.progress, self.last_eval
         best = self.evaluator.tracker.best if self.evaluator is not None else None
         return {
             "run": self.run_dir.path.name,
@@ -428,7 +379,7 @@ class Trainer:
             "epochs": p.epoch,
             "episodes": p.episodes,
             "wall_seconds": p.wall_seconds,
-            "sps": p.agent_step / p.wall_seconds if p.wall_seconds > 0 else 0.0,
+            "sps": steps_per_second(p.agent_step, p.wall_seconds),
             "episode_return": self.last_metrics.get("overview/episode_return"),
             "eval_mean_return": ev.mean_return if ev else None,
             "eval_std_return": ev.std_return if ev else None,

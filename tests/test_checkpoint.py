@@ -1,15 +1,18 @@
 """Checkpoints and resume, in process: exact state round trip, atomic writes, damaged and
-incompatible checkpoints, retention, the non-finite guard, env failures, and a CartPole run
-interrupted halfway that still solves the task."""
+incompatible checkpoints, retention, the non-finite guard and its counters across a resume,
+a run resumed from another run's checkpoint, run records that cannot be written, env
+failures, and a CartPole run interrupted halfway that still solves the task."""
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
 import os
 import random
 import signal
+import stat
 
 import numpy as np
 import pytest
@@ -21,6 +24,7 @@ from metta_rl.managers import training as training_module
 from metta_rl.records.checkpoint import CheckpointError, load_checkpoint
 from metta_rl.managers.environment import EnvError
 from metta_rl.managers.guard import TrainingError
+from metta_rl.records.run_dir import RunRecordError
 from metta_rl.signals import TrainingInterrupted
 from tests.integration_utils import PZ_ENV, make_config
 
@@ -136,6 +140,23 @@ def test_a_crash_mid_write_leaves_no_complete_looking_checkpoint(tmp_path, monke
     t.save_checkpoint()
     assert not stale.exists()
     t.cleanup()
+
+
+def test_every_record_file_gets_the_umasks_mode(tmp_path):
+    """One atomic writer, one file mode: checkpoint files, replays and run records alike."""
+    from metta_rl.records.replay import write_gif
+
+    old = os.umask(0o027)
+    try:
+        t = trained(tmp_path, epochs=1)
+        path = t.save_checkpoint()
+        t.cleanup()
+        gif = write_gif([np.zeros((4, 4, 3), dtype=np.uint8)] * 2, tmp_path / "replays" / "r.gif")
+    finally:
+        os.umask(old)
+    run = tmp_path / "a"
+    files = [*path.iterdir(), gif, run / "config.yaml", run / "metrics.jsonl", run / "heartbeat"]
+    assert {f.name: stat.S_IMODE(f.stat().st_mode) for f in files} == {f.name: 0o640 for f in files}
 
 
 # ------------------------------------------------------------------------------ damaged / incompatible
@@ -334,6 +355,145 @@ def test_nonfinite_weights_are_never_checkpointed(tmp_path):
     with torch.no_grad():
         t.optimizer.flat[0] = float("inf")
     with pytest.raises(TrainingError, match="not finite"):
+        t.save_checkpoint()
+    assert [p.name for p in ck.list_checkpoints(tmp_path / "a")] == ["epoch_000000"]
+    t.cleanup()
+
+
+# ------------------------------------------------------------------------------ counters across a resume
+def fail_evaluations(monkeypatch):
+    from metta_rl.managers.evaluation import EvaluationManager
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("eval env failed on purpose")
+
+    monkeypatch.setattr(EvaluationManager, "evaluate", broken)
+
+
+def counters(t):
+    return t.guard.rollbacks, t.guard._in_a_row, t.optimizer.nonfinite_streak, t.eval_failures
+
+
+def test_guard_counters_streak_and_eval_failures_survive_a_resume(tmp_path, monkeypatch):
+    overrides = dict(trainer={"total_timesteps": 20 * BATCH}, checkpoint={"interval": 1},
+                     evaluation={"evaluate_interval": 1}, guard={"max_nonfinite_steps": 3, "max_rollbacks": 2})
+    t = trained(tmp_path, epochs=1, name="r", **overrides)
+    monkeypatch.setattr(training_module, "value_loss", nan_value_loss([], lambda n: True))
+    fail_evaluations(monkeypatch)
+    for _ in range(3):  # 2 minibatches an epoch: streak 2, then 4 (a rollback, streak 0), then 2
+        t.train_epoch()
+    assert counters(t) == (1, 1, 2, 3)
+    saved = t.last_checkpoint
+    assert saved.name == "epoch_000004"
+    t.cleanup()
+
+    resumed = Trainer(make_config(**overrides), run_dir=tmp_path / "r", console=False).setup()
+    assert resumed.resumed_from == saved
+    assert counters(resumed) == (1, 1, 2, 3)
+    # As without the restart: epoch 5 reaches the limit (2 + 2 skipped steps) and rolls back a
+    # second time in a row; epoch 7 reaches it again and stops the run (max_rollbacks=2). A streak
+    # or rollback count reset by the resume would stop it later (epoch 8 or 9).
+    with pytest.raises(TrainingError, match="after 2 rollback"):
+        resumed.train()
+    assert resumed.progress.epoch == 6 and resumed.guard.rollbacks == 2 and resumed.eval_failures == 5
+    resumed.cleanup()
+
+
+def test_a_checkpoint_saved_before_the_counters_were_loads_them_as_zero(tmp_path):
+    t = trained(tmp_path, epochs=1)
+    current = load_checkpoint(t.save_checkpoint())
+    state = {k: v for k, v in current.state.items() if k not in ("guard", "eval_failures")}
+    state["optimizer"] = {k: v for k, v in state["optimizer"].items() if k != "nonfinite_streak"}
+    metadata = {k: v for k, v in current.metadata.items() if k not in ("format", "created", "files")}
+    legacy = ck.save_checkpoint(tmp_path / "legacy" / "epoch_000001", state=state, metadata=metadata)
+    t.guard.rollbacks, t.guard._in_a_row, t.optimizer.nonfinite_streak, t.eval_failures = 2, 1, 1, 3
+    t.load_checkpoint(legacy)
+    assert counters(t) == (0, 0, 0, 0)
+    assert torch.equal(t.optimizer.flat, torch.cat([v.reshape(-1) for v in current.state["policy"].values()]))
+    t.cleanup()
+
+
+@pytest.mark.parametrize("stale", [False, True])
+def test_a_run_resumed_from_another_runs_checkpoint_has_its_own_rollback_target(tmp_path, monkeypatch, caplog, stale):
+    """Resumed from run a's checkpoint, run b writes its own copy before its first epoch, and the
+    guard rolls back to that copy: not to nothing, and not to checkpoints an older attempt left in b."""
+    overrides = dict(trainer={"total_timesteps": 10 * BATCH}, checkpoint={"interval": 1},
+                     guard={"max_nonfinite_steps": 2, "max_rollbacks": 1})
+    source = trained(tmp_path, epochs=1, name="a", **overrides)
+    foreign, weights = source.last_checkpoint, source.optimizer.flat.detach().clone()
+    source.cleanup()
+    if stale:  # an older attempt in b, other seed: epochs 1-3 with other weights
+        trained(tmp_path, epochs=3, name="b", **overrides, seed=1).cleanup()
+    own = tmp_path / "b" / "checkpoints" / "epoch_000001"
+
+    before_first_epoch = []
+
+    class FirstRollout(Hook):
+        def on_rollout_end(self):
+            if not before_first_epoch:
+                before_first_epoch.append(own.is_dir() and tensors_equal(load_checkpoint(own).state["policy"],
+                                                                         load_checkpoint(foreign).state["policy"]))
+
+    t = Trainer(make_config(resume=str(foreign), **overrides), run_dir=tmp_path / "b", hooks=[FirstRollout()],
+                console=False).setup()
+    assert t.resumed_from == foreign
+    monkeypatch.setattr(training_module, "value_loss", nan_value_loss([], lambda n: True))
+    with caplog.at_level(logging.WARNING, logger="metta_rl"):
+        t.train_epoch()  # 2 skipped steps: the limit, a rollback at once
+    assert before_first_epoch == [True]
+    assert t.guard.rollbacks == 1 and torch.equal(t.optimizer.flat, weights)
+    assert any(f"restored {own}" in r.getMessage() for r in caplog.records)
+    t.cleanup()
+
+
+# ------------------------------------------------------------------------------ the run record
+def test_a_metrics_row_that_cannot_be_written_stops_the_run_naming_the_file(tmp_path):
+    cfg = make_config(trainer={"total_timesteps": 6 * BATCH}, checkpoint={"interval": 1})
+    run = tmp_path / "r"
+    failures = []
+
+    class Failure(Hook):
+        def on_failure(self, *, error):
+            failures.append(error)
+
+    with Trainer(cfg, run_dir=run, hooks=[Failure()], console=False) as t:
+        t.train_epoch()
+        (run / "metrics.jsonl").unlink()
+        (run / "metrics.jsonl").mkdir()  # the next row cannot be appended
+        with pytest.raises(RunRecordError) as info:
+            t.train()
+    assert str(info.value) == f"cannot write the run record {run / 'metrics.jsonl'}: Is a directory"
+    assert isinstance(info.value, OSError) and failures == [info.value]
+    # Stopped in epoch 2, before its checkpoint: no checkpoint claims an epoch the record lacks.
+    assert t.progress.epoch == 2 and [p.name for p in ck.list_checkpoints(run)] == ["epoch_000001", "epoch_000000"]
+    assert not (run / "summary.json").exists()
+
+
+def test_a_run_record_that_cannot_be_started_over_fails_setup_naming_it(tmp_path):
+    (tmp_path / "r" / "metrics.jsonl").mkdir(parents=True)  # a fresh run deletes the old rows
+    with pytest.raises(RunRecordError, match=f"^cannot write the run record {tmp_path / 'r' / 'metrics.jsonl'}: "):
+        Trainer(make_config(), run_dir=tmp_path / "r", console=False).setup()
+
+
+def test_a_summary_that_cannot_be_written_stops_the_run_and_leaves_no_partial_file(tmp_path):
+    run = tmp_path / "r"
+    with Trainer(make_config(trainer={"total_timesteps": 2 * BATCH}), run_dir=run, console=False) as t:
+        (run / "summary.json").mkdir()
+        with pytest.raises(RunRecordError, match=f"^cannot write the run record {run / 'summary.json'}: "):
+            t.train()
+    assert load_checkpoint(run).epoch == 2  # the final checkpoint came first and is complete
+    assert (run / "summary.json").is_dir() and not [p.name for p in run.iterdir() if p.name.startswith(".")]
+
+
+def test_a_checkpoint_that_cannot_be_written_is_a_run_record_error_naming_it(tmp_path, monkeypatch):
+    t = trained(tmp_path, epochs=1)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    path = tmp_path / "a" / "checkpoints" / "epoch_000001"
+    with pytest.raises(RunRecordError, match=f"^cannot write the checkpoint {path}: No space left on device$"):
         t.save_checkpoint()
     assert [p.name for p in ck.list_checkpoints(tmp_path / "a")] == ["epoch_000000"]
     t.cleanup()

@@ -1,6 +1,7 @@
 """Training processes killed from outside: SIGKILL at random moments (one during a checkpoint
 write) always resumes from the last complete checkpoint and reaches the step budget; SIGINT
-and SIGTERM exit 130 / 143 with a checkpoint and no worker left behind."""
+and SIGTERM exit 130 / 143 with a checkpoint and no worker left behind; a run record that
+cannot be written stops the CLI with exit 1 and one line naming it."""
 
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ from pathlib import Path
 import psutil
 import pytest
 
+from metta_rl import Hook
 from metta_rl.records import checkpoint as ck
-from tests.integration_utils import REPO, config_dict
+from tests.integration_utils import REPO, config_dict, run_tool
 
 BATCH = 64
 
@@ -180,3 +182,27 @@ def test_sigkill_of_the_trainer_takes_its_workers_down(tmp_path):
         proc.kill()
     gone, alive = psutil.wait_procs(workers, timeout=10)
     assert not alive
+
+
+class BreakMetricsAfterFirstEpoch(Hook):
+    """Turns metrics.jsonl into a directory after epoch 1 (a config hook of the CLI test below)."""
+
+    def on_train_start(self, *, run_dir):
+        self.path = run_dir.metrics_path
+
+    def on_epoch_end(self, *, progress):
+        if progress.epoch == 1:
+            self.path.unlink()
+            self.path.mkdir()
+
+
+def test_a_run_record_that_cannot_be_written_exits_1_with_one_line_naming_it(tmp_path):
+    run = tmp_path / "rec"
+    proc = run_tool(
+        "train.py", "env=cartpole", "run=rec", f"runs_dir={tmp_path}", "trainer.total_timesteps=1024",
+        "trainer.update_epochs=1", "hooks=[tests.test_faults:BreakMetricsAfterFirstEpoch]",
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == f"error: cannot write the run record {run / 'metrics.jsonl'}: Is a directory"
+    assert ck.load_checkpoint(run).epoch == 0 and not (run / "summary.json").exists()

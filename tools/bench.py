@@ -30,6 +30,7 @@ from metta_rl import cli  # noqa: E402
 from metta_rl.config import TrainerConfig  # noqa: E402
 from metta_rl.managers.environment import EnvironmentManager  # noqa: E402
 from metta_rl.core.policy import ActorCritic, action_nvec, sample_actions  # noqa: E402
+from metta_rl.core.progress import steps_per_second  # noqa: E402
 from metta_rl.trainer import Trainer  # noqa: E402
 
 
@@ -51,7 +52,7 @@ def bench_env(config: TrainerConfig, seconds: float) -> float:
             elif warmup < 0:
                 steps += n
                 if time.perf_counter() - start >= seconds:
-                    return steps / (time.perf_counter() - start)
+                    return steps_per_second(steps, time.perf_counter() - start)
     finally:
         env.close()
 
@@ -74,7 +75,7 @@ def bench_inference(config: TrainerConfig, seconds: float) -> float:
             sample_actions(logits, policy.nvec)
             steps += obs.shape[0]
             calls += 1
-        return steps / (time.perf_counter() - start)
+        return steps_per_second(steps, time.perf_counter() - start)
 
 
 def bench_train(config: TrainerConfig) -> dict:
@@ -87,7 +88,7 @@ def bench_train(config: TrainerConfig) -> dict:
                 epoch_seconds += metrics["timing/epoch_seconds"]
             split = trainer.stats.time_split()
             return {
-                "train_sps": trainer.progress.agent_step / epoch_seconds,
+                "train_sps": steps_per_second(trainer.progress.agent_step, epoch_seconds),
                 "train_agent_steps": trainer.progress.agent_step,
                 "train_seconds": epoch_seconds,
                 "final_episode_return": metrics["overview/episode_return"],

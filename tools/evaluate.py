@@ -225,7 +225,8 @@ def evaluate(args: Args) -> int:
 
     from metta_rl.records.checkpoint import load_checkpoint, policy_from_checkpoint
     from metta_rl.managers.evaluation import EvaluationManager
-    from metta_rl.records.run_dir import _jsonable, atomic_write_text
+    from metta_rl.records.atomic import atomic_write
+    from metta_rl.records.run_dir import _jsonable
 
     ckpt = load_checkpoint(args.checkpoint)
     warn_skipped(args.checkpoint, ckpt)
@@ -258,7 +259,7 @@ def evaluate(args: Args) -> int:
     report = build_report(ckpt, result, eval_config=eval_config, seed=seed, seconds=time.perf_counter() - start)
     try:
         eval_path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(eval_path, json.dumps(_jsonable(report), indent=2) + "\n")
+        atomic_write(eval_path, json.dumps(_jsonable(report), indent=2) + "\n")
     except OSError as exc:
         raise UsageError(f"out={str(eval_path)!r} cannot be written: {exc.strerror or exc}") from None
     print_table(report, eval_path)

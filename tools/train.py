@@ -7,7 +7,9 @@
 
 Writes ``<runs_dir>/<run>/`` with config.yaml, metrics.jsonl, summary.json and checkpoints/.
 Running the same command (same ``run``) again resumes from the newest complete checkpoint.
-Ctrl-C or SIGTERM stop after the current epoch with a checkpoint (exit 130 / 143).
+Ctrl-C or SIGTERM stop after the current epoch with a checkpoint (exit 130 / 143). Exit 2: bad
+input (config, an existing run with resume=never, a damaged checkpoint); exit 1: the run failed
+(an env, non-finite training, a run record or checkpoint that cannot be written).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from metta_rl.records.checkpoint import CheckpointError  # noqa: E402
 from metta_rl.config import ConfigError  # noqa: E402
 from metta_rl.managers.environment import EnvError  # noqa: E402
 from metta_rl.managers.guard import TrainingError  # noqa: E402
-from metta_rl.records.run_dir import RunExistsError  # noqa: E402
+from metta_rl.records.run_dir import RunExistsError, RunRecordError  # noqa: E402
 from metta_rl.signals import TrainingInterrupted  # noqa: E402
 from metta_rl.trainer import Trainer  # noqa: E402
 
@@ -38,7 +40,8 @@ def main(cfg: DictConfig) -> None:
             trainer.train()
     except (ConfigError, RunExistsError, CheckpointError) as exc:
         cli.fail(str(exc), cli.EXIT_BAD_INPUT)
-    except (EnvError, TrainingError) as exc:
+    except (EnvError, TrainingError, RunRecordError) as exc:
+        # A run record or checkpoint that cannot be written is a failure of the run, not of its input.
         cli.fail(str(exc), 1)
     except TrainingInterrupted as exc:
         # Envs and workers are closed by now (the Trainer's context manager).

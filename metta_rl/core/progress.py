@@ -46,3 +46,13 @@ def crossed(prev_epoch: int, epoch: int, interval: int) -> bool:
     resume from an odd epoch, never skips a boundary.
     """
     return interval > 0 and epoch // interval > prev_epoch // interval
+
+
+def steps_per_second(agent_steps: float, seconds: float) -> float:
+    """The one SPS formula (metrics, summary, console, bench): 0 until time has passed."""
+    return agent_steps / seconds if seconds > 0 else 0.0
+
+
+def resumed_message(checkpoint: object, progress: TrainingProgress) -> str:
+    """The one "resumed from" line (the trainer's log and the console say the same)."""
+    return f"resumed from {checkpoint} at agent step {progress.agent_step:,} (epoch {progress.epoch})"

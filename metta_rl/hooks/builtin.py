@@ -1,8 +1,9 @@
-"""The hooks every run gets from its config: monitors, console, records, loggers.
+"""The hooks every run gets from its config: monitors, console, loggers.
 
 One function, so the Trainer's setup reads as "the user's hooks, then the built-in side
-effects". Heavy or optional packages (wandb, tensorboard, matplotlib) are imported by their
-hooks only when those run.
+effects". The run record (metrics.jsonl, summary.json) is not among them: the Trainer writes
+it, so an error cannot disable it the way it disables a hook. Heavy or optional packages
+(wandb, tensorboard, matplotlib) are imported by their hooks only when those run.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from metta_rl.hooks.console import ConsoleHook
 from metta_rl.hooks import Hook
 from metta_rl.hooks.learning_curve import LearningCurveHook
 from metta_rl.hooks.monitor import HeartbeatHook, ProfilerHook, SystemMonitorHook
-from metta_rl.records.run_dir import MetricsFileHook, RunDirectory
+from metta_rl.records.run_dir import RunDirectory
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,6 @@ def default_hooks(config: TrainerConfig, run_dir: RunDirectory, *, console: bool
         hooks.append(ProfilerHook(out_dir=run_dir.path / "profile", epochs=logging_cfg.profile_epochs))
     if console and logging_cfg.console != "off":
         hooks.append(ConsoleHook(mode=logging_cfg.console, interval_s=logging_cfg.log_interval_s))
-    hooks.append(MetricsFileHook(run_dir))
     if logging_cfg.heartbeat:
         hooks.append(HeartbeatHook(run_dir.path / "heartbeat"))
     if config.tensorboard.enabled:
@@ -45,6 +45,6 @@ def default_hooks(config: TrainerConfig, run_dir: RunDirectory, *, console: bool
         from metta_rl.hooks.wandb_hook import WandbHook
 
         hooks.append(WandbHook(config.wandb))
-    # Last: it reads metrics.jsonl, complete once every other hook has seen the last epoch.
+    # Last: at train end it plots metrics.jsonl (the Trainer writes each row before any hook runs).
     hooks.append(LearningCurveHook(run_dir.path))
     return hooks

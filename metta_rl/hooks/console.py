@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import Any, TextIO
 
 from metta_rl.hooks import Hook
-from metta_rl.core.progress import TrainingProgress
+from metta_rl.core.progress import TrainingProgress, resumed_message, steps_per_second
 
 MAX_REDRAWS_PER_S = 4
 SPS_WINDOW_S = 10.0
@@ -85,7 +85,7 @@ class ConsoleHook(Hook):
         where = f" -> {run_dir.path}" if run_dir is not None else ""
         self._print(f"training {config.env.name} ({config.env.id}) for {progress.total_timesteps:,} agent steps{where}")
         if resumed_from is not None:
-            self._print(f"resumed from {resumed_from} at agent step {progress.agent_step:,} (epoch {progress.epoch})")
+            self._print(resumed_message(resumed_from, progress))
         if self.mode == "rich":
             from rich.console import Console
             from rich.live import Live
@@ -107,7 +107,7 @@ class ConsoleHook(Hook):
         if now - self._last < interval and not forced:
             return
         since, step0 = self._samples[0]
-        sps = (progress.agent_step - step0) / max(now - since, 1e-9)
+        sps = steps_per_second(progress.agent_step - step0, now - since)
         self._last = now
         self.reports += 1
         if self._live is not None:

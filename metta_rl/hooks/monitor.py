@@ -26,6 +26,7 @@ import torch
 
 from metta_rl.hooks import EpochReport, Hook
 from metta_rl.core.progress import TrainingProgress
+from metta_rl.records.atomic import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -130,11 +131,9 @@ class HeartbeatHook(Hook):
             "epoch": progress.epoch,
             "agent_step": progress.agent_step,
         }
-        # Replace, never rewrite in place: a reader never sees half a line. No fsync: a lost
-        # heartbeat after a machine crash is harmless, and this runs every epoch.
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text(json.dumps(record) + "\n")
-        os.replace(tmp, self.path)
+        # Replaced, never rewritten in place: a reader never sees half a line. Not durable (no
+        # fsync): a lost heartbeat after a machine crash is harmless, and this runs every epoch.
+        atomic_write(self.path, json.dumps(record) + "\n", durable=False)
 
     def on_train_start(self, *, progress: TrainingProgress) -> None:
         self.beat(progress)

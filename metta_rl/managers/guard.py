@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from metta_rl.config import GuardConfig
 from metta_rl.managers.optimizer import OptimizerManager
@@ -29,6 +30,16 @@ class NonFiniteGuard:
         self.config = config
         self.rollbacks = 0
         self._in_a_row = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        """Both counters survive a resume: a run that rolls back, is resumed and rolls back
+        again stops after ``max_rollbacks`` in a row, as it would have uninterrupted."""
+        return {"rollbacks": self.rollbacks, "in_a_row": self._in_a_row}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """A missing counter (a checkpoint written before they were saved) starts at 0."""
+        self.rollbacks = int(state.get("rollbacks", 0))
+        self._in_a_row = int(state.get("in_a_row", 0))
 
     def after_update(
         self, optimizer: OptimizerManager, losses: LossStats, *, restore: Callable[[], Path]

@@ -107,6 +107,8 @@ class OptimizerManager:
             "lr": self.lr,
             "lr_scale": self.lr_scale,
             "skipped_steps": self.skipped_steps,
+            # A resumed run counts towards the guard's limit from where it stopped.
+            "nonfinite_streak": self.nonfinite_streak,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -114,4 +116,4 @@ class OptimizerManager:
         self.lr = state["lr"]
         self.lr_scale = state["lr_scale"]
         self.skipped_steps = state["skipped_steps"]
-        self.nonfinite_streak = 0
+        self.nonfinite_streak = state.get("nonfinite_streak", 0)  # absent in older checkpoints

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from metta_rl.core.progress import TrainingProgress
+from metta_rl.core.progress import TrainingProgress, steps_per_second
 from metta_rl.managers.rollout import RolloutResult
 from metta_rl.managers.training import LossStats
 
@@ -64,7 +64,7 @@ class StatsManager:
             "agent_step": progress.agent_step,
             "epoch": progress.epoch,
             "wall_seconds": progress.wall_seconds,
-            "overview/sps": rollout.agent_steps / max(timings.total, 1e-9),
+            "overview/sps": steps_per_second(rollout.agent_steps, timings.total),
             "overview/episode_return": _mean(self.episode_returns),
             "overview/episode_length": _mean(self.episode_lengths),
             "overview/episodes": progress.episodes,

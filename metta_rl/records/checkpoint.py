@@ -7,13 +7,15 @@
                             and the sha256 of the two files above; written last
     <run>/checkpoints/best -> epoch_000100   (a symlink: the best eval score so far)
 
-A checkpoint is written into a hidden temp directory, every file fsynced, then renamed into
+A checkpoint is written into a hidden temp directory (each file the way every record is
+written, :func:`~metta_rl.records.atomic.atomic_write`), then the directory is renamed into
 place, so a crash mid-write leaves only a ``.tmp-*`` directory that nothing reads. Loading
 checks the checksums first: a truncated or overwritten file is reported by name, never
 half-loaded. Tensors load with ``weights_only=True``, so a checkpoint cannot run code.
 
 This module knows files, not trainers: :meth:`Trainer.checkpoint_state` and
-:meth:`Trainer.load_checkpoint` say what goes in and where it goes back.
+:meth:`Trainer.load_checkpoint` say what goes in and where it goes back, and
+:class:`~metta_rl.records.checkpointer.Checkpointer` decides when, where and which one.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import torch
 
 from metta_rl.config import TrainerConfig
 from metta_rl.core.progress import TrainingProgress
+from metta_rl.records.atomic import Content, atomic_write, fsync_dir
 from metta_rl.records.run_dir import _jsonable
 
 FORMAT = 1
@@ -85,19 +88,9 @@ def versions() -> dict[str, str]:
 
 
 # ---------------------------------------------------------------------- writing
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_synced(path: Path, write: Any) -> dict[str, Any]:
-    with open(path, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
+def _write_synced(path: Path, content: Content) -> dict[str, Any]:
+    """One checkpoint file, written like every record (:func:`atomic_write`); its checksum."""
+    atomic_write(path, content)
     return {"sha256": _sha256(path), "bytes": path.stat().st_size}
 
 
@@ -130,9 +123,7 @@ def save_checkpoint(directory: str | Path, *, state: dict[str, Any], metadata: d
             **metadata,
             "files": files,
         }
-        text = json.dumps(_jsonable(meta), indent=2).encode()
-        _write_synced(tmp / METADATA_FILE, lambda f: f.write(text))
-        _fsync_dir(tmp)
+        _write_synced(tmp / METADATA_FILE, json.dumps(_jsonable(meta), indent=2))
         if directory.exists():
             old = parent / f".old-{directory.name}-{os.getpid()}"
             os.rename(directory, old)
@@ -140,7 +131,7 @@ def save_checkpoint(directory: str | Path, *, state: dict[str, Any], metadata: d
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.rename(tmp, directory)
-        _fsync_dir(parent)
+        fsync_dir(parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -286,6 +277,13 @@ def policy_from_checkpoint(checkpoint: Checkpoint | str | Path, *, device: str |
         env.close()
     load_policy_state(policy, ckpt)
     return policy.to(device)
+
+
+def check_spaces(checkpoint: Checkpoint, spaces: dict[str, Any]) -> None:
+    """Refuse a checkpoint saved for other observation/action spaces (older ones say none)."""
+    saved = checkpoint.metadata.get("spaces")
+    if saved is not None and saved != spaces:
+        raise CheckpointError(f"checkpoint {checkpoint.path} was saved for other env spaces ({saved}); this env has {spaces}")
 
 
 def load_policy_state(policy: torch.nn.Module, checkpoint: Checkpoint) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
 import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -28,28 +27,13 @@ import numpy as np
 from metta_rl.config import EnvConfig, VectorizationConfig
 from metta_rl.managers.environment import EnvironmentManager
 from metta_rl.core.episodes import FinishedEpisodes, play_episodes
+from metta_rl.records.atomic import atomic_write
 
 # The policy acting on one env: ``(obs [agents, ...], first [agents] bool) -> actions [agents, heads]``.
 Act = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 GIF_MIN_FRAME_MS = 20  # browsers show GIF frames shorter than 20 ms at 100 ms
 DEFAULT_FPS = 30.0
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temp file in the same folder, fsync, rename: never a half-written replay."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def gif_bytes(frames: Sequence[np.ndarray], *, fps: float = DEFAULT_FPS) -> bytes:
@@ -78,7 +62,7 @@ def gif_bytes(frames: Sequence[np.ndarray], *, fps: float = DEFAULT_FPS) -> byte
 
 
 def write_gif(frames: Sequence[np.ndarray], path: Path, *, fps: float = DEFAULT_FPS) -> Path:
-    atomic_write_bytes(path, gif_bytes(frames, fps=fps))
+    atomic_write(path, gif_bytes(frames, fps=fps))
     return path
 
 
@@ -181,7 +165,7 @@ def _record_mettagrid(env: EnvironmentManager, puffer_env: Any, act: Act, max_st
         return None, "MettaGrid recorded no episode"
     data = json.dumps(recorder.replay.get_replay_data()).encode()
     path = stem.with_name(stem.name + ".json.z")
-    atomic_write_bytes(path, zlib.compress(data))
+    atomic_write(path, zlib.compress(data))
     return path, None
 
 

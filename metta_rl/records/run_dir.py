@@ -10,21 +10,29 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from metta_rl.hooks import Hook
+from metta_rl.records.atomic import atomic_write
 
 RECORD_FILES = ("config.yaml", "metrics.jsonl", "summary.json")
 
 
 class RunExistsError(FileExistsError):
     pass
+
+
+class RunRecordError(OSError):
+    """A run record (metrics.jsonl, summary.json, config.yaml, a checkpoint) cannot be written.
+    The run stops: a run whose record is incomplete is not a result. One line naming the file."""
+
+
+def _record_error(path: Path, exc: OSError) -> RunRecordError:
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return RunRecordError(f"cannot write the run record {path}: {reason}")
 
 
 def _jsonable(value: Any) -> Any:
@@ -35,27 +43,6 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
     return value
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temp file in the same folder, fsync, rename: never a half-written file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give records the usual mode
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 class RunDirectory:
@@ -77,35 +64,40 @@ class RunDirectory:
         """Write the resolved config; when resuming, drop metrics rows past the checkpoint's
         step (an interrupted run wrote them after its last checkpoint), so agent_step never
         goes backwards. A fresh start in a run folder without checkpoints starts its records over."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.path / "config.yaml", yaml.safe_dump(config, sort_keys=False))
-        if resume_step is None:
-            for name in ("metrics.jsonl", "summary.json"):
-                (self.path / name).unlink(missing_ok=True)
-        elif self.metrics_path.exists():
-            kept = []
-            for line in self.metrics_path.read_text().splitlines(keepends=True):
-                try:
-                    row = json.loads(line)
-                except ValueError:
-                    continue  # the torn last line of a killed writer
-                if row.get("agent_step", 0) <= resume_step:
-                    kept.append(line)
-            atomic_write_text(self.metrics_path, "".join(kept))
+        path = self.path / "config.yaml"
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, yaml.safe_dump(config, sort_keys=False))
+            if resume_step is None:
+                for name in ("metrics.jsonl", "summary.json"):
+                    path = self.path / name
+                    path.unlink(missing_ok=True)
+            elif self.metrics_path.exists():
+                path = self.metrics_path
+                kept = []
+                for line in path.read_text().splitlines(keepends=True):
+                    try:
+                        row = json.loads(line)
+                    except ValueError:
+                        continue  # the torn last line of a killed writer
+                    if row.get("agent_step", 0) <= resume_step:
+                        kept.append(line)
+                atomic_write(path, "".join(kept))
+        except OSError as exc:
+            raise _record_error(path, exc) from exc
 
     def append_metrics(self, metrics: Mapping[str, Any]) -> None:
-        with open(self.metrics_path, "a") as f:
-            f.write(json.dumps(_jsonable(metrics)) + "\n")
+        """One epoch's row. The Trainer writes it (not a hook, which an error would disable):
+        a row that cannot be written stops the run with :class:`RunRecordError`."""
+        try:
+            with open(self.metrics_path, "a") as f:
+                f.write(json.dumps(_jsonable(metrics)) + "\n")
+        except OSError as exc:
+            raise _record_error(self.metrics_path, exc) from exc
 
     def write_summary(self, summary: dict[str, Any]) -> None:
-        atomic_write_text(self.path / "summary.json", json.dumps(_jsonable(summary), indent=2) + "\n")
-
-
-class MetricsFileHook(Hook):
-    """Appends every epoch's metrics to ``metrics.jsonl``: a record that needs no service."""
-
-    def __init__(self, run_dir: RunDirectory) -> None:
-        self.run_dir = run_dir
-
-    def on_epoch_end(self, *, metrics: Mapping[str, float]) -> None:
-        self.run_dir.append_metrics(metrics)
+        path = self.path / "summary.json"
+        try:
+            atomic_write(path, json.dumps(_jsonable(summary), indent=2) + "\n")
+        except OSError as exc:
+            raise _record_error(path, exc) from exc
