@@ -29,6 +29,7 @@ import torch
 
 from metta_rl.config import EnvConfig, EvaluationConfig, VectorizationConfig
 from metta_rl.managers.environment import EVAL_STREAM, EnvironmentManager
+from metta_rl.managers.stats import mean
 from metta_rl.core.episodes import FinishedEpisodes, play_episodes
 from metta_rl.core.policy import ActorCritic, action_nvec, sample_actions
 from metta_rl.core.progress import crossed
@@ -43,10 +44,6 @@ class EvalError(RuntimeError):
     """An evaluation failed; the message is one line naming the task. The manager stays usable."""
 
 
-def _mean(values: tuple[float, ...] | list[float]) -> float:
-    return float(np.mean(values)) if len(values) else math.nan
-
-
 @dataclass(frozen=True)
 class TaskResult:
     """The episodes of one eval task."""
@@ -57,7 +54,7 @@ class TaskResult:
 
     @property
     def mean_return(self) -> float:
-        return _mean(self.returns)
+        return mean(self.returns)
 
     @property
     def std_return(self) -> float:
@@ -65,7 +62,7 @@ class TaskResult:
 
     @property
     def mean_length(self) -> float:
-        return _mean(self.lengths)
+        return mean(self.lengths)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "returns": list(self.returns), "lengths": list(self.lengths)}
@@ -114,18 +111,18 @@ class EvalResult:
 
     @property
     def mean_return(self) -> float:
-        return _mean([t.mean_return for t in self.task_results])
+        return mean([t.mean_return for t in self.task_results])
 
     @property
     def std_return(self) -> float:
         tasks = self.task_results
         if len(tasks) == 1:
             return tasks[0].std_return
-        return math.sqrt(_mean([t.std_return**2 for t in tasks]))
+        return math.sqrt(mean([t.std_return**2 for t in tasks]))
 
     @property
     def mean_length(self) -> float:
-        return _mean([t.mean_length for t in self.task_results])
+        return mean([t.mean_length for t in self.task_results])
 
     def as_metrics(self) -> dict[str, float]:
         metrics: dict[str, float] = {

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,8 +66,8 @@ class StatsManager:
             "epoch": progress.epoch,
             "wall_seconds": progress.wall_seconds,
             "overview/sps": steps_per_second(rollout.agent_steps, timings.total),
-            "overview/episode_return": _mean(self.episode_returns),
-            "overview/episode_length": _mean(self.episode_lengths),
+            "overview/episode_return": mean(self.episode_returns),
+            "overview/episode_length": mean(self.episode_lengths),
             "overview/episodes": progress.episodes,
             "overview/learning_rate": lr,
             "timing/epoch_seconds": timings.total,
@@ -76,7 +77,7 @@ class StatsManager:
         }
         metrics.update(losses.as_metrics())
         for key, values in rollout.env_info.items():
-            metrics[f"env/{key}"] = float(np.mean(values))
+            metrics[f"env/{key}"] = mean(values)
         return metrics
 
     def time_split(self) -> dict[str, float]:
@@ -97,5 +98,8 @@ class StatsManager:
         self.time_totals = dict(state["time_totals"])
 
 
-def _mean(values: deque[float]) -> float:
+def mean(values: Iterable[float]) -> float:
+    """The mean of ``values``; NaN when there are none (no episode finished, no eval yet). The
+    one mean of a list of numbers in the package: stats, evaluation scores."""
+    values = list(values)
     return float(np.mean(values)) if values else math.nan
