@@ -1,9 +1,12 @@
 """Hydra glue for ``tools/train.py`` and ``tools/bench.py``.
 
-The dataclass schema is registered in Hydra's ConfigStore; ``configs/`` holds the YAML groups.
-Before Hydra runs, every job of the command line is composed and validated here, so a typo, a
-missing config group or a bad value is one line on stderr and a non-zero exit, and nothing is
-written anywhere (Hydra's own errors are multi-line with a stack-trace hint).
+The schema's defaults are registered in Hydra's ConfigStore as a plain node (Hydra cannot take
+a pydantic model as a structured config); ``configs/`` holds the YAML groups. Before Hydra
+runs, every job of the command line is composed, validated by the pydantic models and checked
+against the runtime (:func:`metta_rl.envs.checks.check_runtime`: env modules import, ids are
+registered) here, so a typo, a missing config group or a bad value is one line on stderr and a
+non-zero exit, and nothing is written anywhere (Hydra's own errors are multi-line with a
+stack-trace hint).
 """
 
 from __future__ import annotations
@@ -11,12 +14,15 @@ from __future__ import annotations
 import logging
 import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, get_origin
 
 from omegaconf import DictConfig, OmegaConf
+from pydantic import BaseModel
 
 from metta_rl.config import ConfigError, TrainerConfig
+from metta_rl.envs.checks import check_runtime
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 CONFIG_NAME = "train"
@@ -26,10 +32,33 @@ _HINT_LINES = ("Set the environment variable HYDRA_FULL_ERROR", "To append to yo
 
 
 def register_configs() -> None:
-    """Register the dataclass schema; ``configs/train.yaml`` lists it first in its defaults."""
+    """Register the schema node; ``configs/train.yaml`` lists it first in its defaults."""
     from hydra.core.config_store import ConfigStore
 
-    ConfigStore.instance().store(name="trainer_schema", node=TrainerConfig)
+    ConfigStore.instance().store(name="trainer_schema", node=schema_node())
+
+
+def schema_node() -> DictConfig:
+    """Every field of :class:`TrainerConfig` with its default, as a plain OmegaConf node.
+
+    Every field is there, so a dotted override of any field works (``ppo.target_kl=0.02``
+    where the default is null) and Hydra's struct mode refuses a key that is not (the message
+    is then the schema's own, see :func:`one_line`). The node carries no types: the values are
+    validated by the pydantic models after composition. Free-form dicts (``env.kwargs``) take
+    new keys: ``env.kwargs.num_agents=8``."""
+    node = OmegaConf.create(TrainerConfig().to_dict())
+    for path in _free_form_dicts(TrainerConfig):
+        OmegaConf.set_struct(OmegaConf.select(node, path), False)
+    return node
+
+
+def _free_form_dicts(model: type[BaseModel], prefix: str = "") -> Iterator[str]:
+    for name, info in model.model_fields.items():
+        annotation = info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            yield from _free_form_dicts(annotation, f"{prefix}{name}.")
+        elif get_origin(annotation) is dict:
+            yield f"{prefix}{name}"
 
 
 def one_line(exc: BaseException) -> str:
@@ -93,13 +122,13 @@ def compose(overrides: list[str]) -> DictConfig:
 
 
 def preflight(argv: list[str]) -> None:
-    """Compose and validate every job; exit 2 with one line on the first bad one."""
+    """Compose, validate and runtime-check every job; exit 2 with one line on the first bad one."""
     try:
         jobs = _job_overrides(argv)
         if jobs is None:
             return
         for job in jobs:
-            to_trainer_config(compose(job))
+            check_runtime(to_trainer_config(compose(job)))
     except Exception as exc:  # noqa: BLE001 - any composition or validation failure is bad input
         fail(one_line(exc), EXIT_BAD_INPUT)
 

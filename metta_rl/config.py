@@ -1,201 +1,272 @@
-"""Dataclass configs for a training run, validated when they are built.
+"""Declared configs for a training run: pydantic v2 models, validated when they are built.
 
-Every config class checks its own fields in ``__post_init__`` and raises :class:`ConfigError`
-with one line that names the field, the bad value and what is allowed. ``TrainerConfig.from_dict``
-builds the whole tree from a plain dict (Hydra's resolved config, a YAML file, a notebook
-literal) and rejects unknown keys by name, so a typo such as ``ppo.gama`` fails loudly instead
-of silently training with the default.
+Every field says its type and bounds (``Field(ge=...)``, ``Literal[...]``); rules that tie
+fields together are ``model_validator``\\ s. Every model forbids unknown keys and validates
+assignments, so a typo such as ``ppo.gama`` fails loudly instead of silently training with the
+default, and ``config.ppo.gamma = 2`` is refused like ``ppo.gamma=2`` on the command line.
+
+pydantic's multi-line ``ValidationError`` becomes one :class:`ConfigError` line in one place
+(:func:`_config_error`), naming the field by its dotted path, the bad value and what is
+allowed, e.g. ``ppo.gamma=1.5 is invalid: expected a number in [0, 1]`` or
+``unknown config field 'ppo.gama' (did you mean 'ppo.gamma'?); allowed: gamma, ...``.
+
+Types are strict, as a config file's author expects: an integer field takes an integer (or a
+whole float such as ``4.0``, which YAML and JSON writers produce) and rejects ``1.5``, ``"4"``
+and ``True``; a number field takes ints and floats (finite ones only); a boolean takes only a
+boolean; a string field also takes a number (``run=123`` on the command line).
+
+Building a config has no side effects: nothing is imported and nothing is installed-checked
+here. Checks that need the runtime (is this Gymnasium id registered, does this module import,
+is TensorBoard installed) are :func:`metta_rl.envs.checks.check_runtime`, run once at set-up.
+This module imports nothing from ``metta_rl``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
-import math
-from dataclasses import dataclass, field
-from typing import Any, get_args, get_origin, get_type_hints
+import types
+from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
+
+import annotated_types as at
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
 
 
 class ConfigError(ValueError):
     """A config value is invalid. The message is one line naming the field."""
 
 
-def _fail(field_name: str, value: Any, allowed: str) -> None:
-    raise ConfigError(f"{field_name}={value!r} is invalid: expected {allowed}")
+class _Invalid(ValueError):
+    """Raised inside validators; :func:`_config_error` turns it into the one-line message.
+
+    ``field`` is relative to the location that raised (a model's field name, a list index;
+    None: the value being validated itself). ``allowed`` may name sibling fields as
+    ``{p}name``; ``{p}`` becomes the model's dotted path, so the message reads the same for a
+    nested and a direct build."""
+
+    def __init__(self, allowed: str, *, field: str | int | None = None, value: Any = None) -> None:
+        super().__init__(allowed)
+        self.allowed = allowed
+        self.field = field
+        self.value = value
 
 
-def _check_choice(field_name: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        _fail(field_name, value, "one of " + ", ".join(choices))
+# ---------------------------------------------------------------------------------- types
+def _integral(value: Any) -> Any:
+    """``4.0`` -> ``4``: YAML/JSON writers and ``1e5`` on a command line give whole floats."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
 
 
-def _check_positive(field_name: str, value: Any, *, allow_zero: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        _fail(field_name, value, "a number")
-    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        _fail(field_name, value, "a number >= 0" if allow_zero else "a number > 0")
+def _number_to_str(value: Any) -> Any:
+    """``run=123`` on the command line parses as an int; for a string field it is the text."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    return value
 
 
-def _check_int(field_name: str, value: Any, *, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        _fail(field_name, value, f"an integer >= {minimum}")
+def _tuple_to_list(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
 
 
-ENV_KINDS = ("gym", "pettingzoo", "mettagrid")
+Int = Annotated[int, BeforeValidator(_integral)]
+Str = Annotated[str, BeforeValidator(_number_to_str)]
 
 
-@dataclass
-class EnvConfig:
+def _list(item: Any) -> Any:
+    """``list[item]`` that also takes a tuple (``betas=(0.9, 0.999)`` in Python)."""
+    return Annotated[list[item], BeforeValidator(_tuple_to_list)]
+
+
+_PositiveInts = _list(Annotated[int, BeforeValidator(_integral), Field(ge=1)])
+_Fractions = _list(Annotated[float, Field(ge=0, lt=1)])
+_IntList = _list(Int)
+_StrList = _list(Str)
+_AnyList = _list(Any)
+
+_ConfigMeta = type(BaseModel)
+
+
+class _BuildsWithConfigErrors(_ConfigMeta):  # type: ignore[misc,valid-type]
+    """``PPOConfig(gamma=2)`` raises :class:`ConfigError`, not ``ValidationError``.
+
+    On the metaclass, not ``__init__``: pydantic calls a model's own ``__init__`` for every
+    nested section when one is defined, which would convert (and name) the error too early."""
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().__call__(*args, **kwargs)
+        except ValidationError as exc:
+            raise _config_error(cls, exc) from None
+
+
+class _Config(BaseModel, metaclass=_BuildsWithConfigErrors):
+    """Base of every config section: strict, closed, validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False)
+    # The section's dotted path when the model is built on its own (``PPOConfig`` -> "ppo").
+    section: ClassVar[str] = ""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        fields = type(self).model_fields
+        if name not in fields:
+            prefix = f"{self.section}." if self.section else ""
+            raise ConfigError(_unknown_field(prefix, name, list(fields)))
+        old = self.__dict__.get(name)
+        try:
+            super().__setattr__(name, value)
+        except ValidationError as exc:
+            # pydantic has already stored the value when a model-level rule rejects it.
+            self.__dict__[name] = old
+            raise _config_error(type(self), exc) from None
+
+    def replace(self, **changes: Any) -> Any:
+        """A validated copy with ``changes`` applied (``dataclasses.replace`` for these models)."""
+        return type(self)(**{**{k: getattr(self, k) for k in type(self).model_fields}, **changes})
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dicts and lists (YAML- and JSON-safe for the built-in fields)."""
+        return self.model_dump(mode="python")
+
+
+# ---------------------------------------------------------------------------------- sections
+EnvKind = Literal["gym", "pettingzoo", "mettagrid"]
+ENV_KINDS: tuple[str, ...] = get_args(EnvKind)
+METTAGRID_PRESETS = ("arena", "navigation")
+
+
+class EnvConfig(_Config):
     """Which environment to train on.
 
-    ``kind=gym``: ``id`` is any registered Gymnasium id (``CartPole-v1``).
+    ``kind=gym``: ``id`` is a registered Gymnasium id (``CartPole-v1``), ``module:EnvId``
+    (Gymnasium imports ``module``, which registers ``EnvId``), or ``module:callable`` returning
+    a ``gymnasium.Env`` (called with ``kwargs``).
     ``kind=pettingzoo``: ``id`` is ``module:callable`` returning a PettingZoo ParallelEnv.
-    ``kind=mettagrid``: ``id`` is a MettaGrid preset (``default``); ``kwargs`` override
-    ``game`` fields such as ``num_agents`` or ``max_steps``.
+    ``kind=mettagrid``: ``id`` is a MettaGrid preset (``arena``, ``navigation``); ``kwargs``
+    override ``game`` fields such as ``num_agents`` or ``max_steps``.
+
+    Whether the id can be built is checked at set-up (:func:`metta_rl.envs.checks.check_runtime`),
+    not here: that imports user modules.
     """
 
-    name: str = "cartpole"
-    kind: str = "gym"
-    id: str = "CartPole-v1"
-    kwargs: dict[str, Any] = field(default_factory=dict)
+    section: ClassVar[str] = "env"
 
-    def __post_init__(self) -> None:
-        _check_choice("env.kind", self.kind, ENV_KINDS)
-        if not isinstance(self.id, str) or not self.id:
-            _fail("env.id", self.id, "a non-empty string")
-        # Imported lazily: the env registry imports gymnasium, which configs need not pay for.
-        from metta_rl.envs.factories import check_env_id
+    name: Str = "cartpole"
+    kind: EnvKind = "gym"
+    id: Str = Field("CartPole-v1", min_length=1)
+    kwargs: dict[str, Any] = Field(default_factory=dict)
 
-        check_env_id(self.kind, self.id)
+    @model_validator(mode="after")
+    def _id_fits_kind(self) -> EnvConfig:
+        if self.kind == "mettagrid" and self.id not in METTAGRID_PRESETS:
+            raise _Invalid("a MettaGrid preset, one of " + ", ".join(METTAGRID_PRESETS), field="id", value=self.id)
+        if self.kind == "pettingzoo":
+            module, _, attr = self.id.partition(":")
+            if not module or not attr:
+                raise _Invalid("'module:callable' for a PettingZoo env", field="id", value=self.id)
+        return self
 
 
-@dataclass
-class PolicyConfig:
+_EnvList = _list(EnvConfig)
+
+
+class PolicyConfig(_Config):
     """Actor-critic network. MLP encoder (orthogonal init), optional LSTM core."""
 
-    hidden_sizes: list[int] = field(default_factory=lambda: [64, 64])
-    activation: str = "tanh"
+    section: ClassVar[str] = "policy"
+
+    hidden_sizes: _PositiveInts = Field(default_factory=lambda: [64, 64], min_length=1)
+    activation: Literal["tanh", "relu", "gelu"] = "tanh"
     shared_trunk: bool = False
     lstm: bool = False
-    lstm_hidden_size: int = 128
-
-    def __post_init__(self) -> None:
-        if not self.hidden_sizes or any(
-            isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in self.hidden_sizes
-        ):
-            _fail("policy.hidden_sizes", self.hidden_sizes, "a non-empty list of integers >= 1")
-        _check_choice("policy.activation", self.activation, ("tanh", "relu", "gelu"))
-        _check_int("policy.lstm_hidden_size", self.lstm_hidden_size, minimum=1)
+    lstm_hidden_size: Int = Field(128, ge=1)
 
 
-@dataclass
-class PPOConfig:
+class PPOConfig(_Config):
     """PPO loss and advantage estimation."""
 
-    gamma: float = 0.99
-    gae_lambda: float = 0.95
-    clip_coef: float = 0.2
+    section: ClassVar[str] = "ppo"
+
+    gamma: float = Field(0.99, ge=0, le=1)
+    gae_lambda: float = Field(0.95, ge=0, le=1)
+    clip_coef: float = Field(0.2, gt=0)
     clip_vloss: bool = False
-    vf_clip_coef: float = 10.0
-    vf_coef: float = 0.5
-    ent_coef: float = 0.0
+    vf_clip_coef: float = Field(10.0, gt=0)
+    vf_coef: float = Field(0.5, ge=0)
+    ent_coef: float = Field(0.0, ge=0)
     norm_adv: bool = True
-    target_kl: float | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("gamma", "gae_lambda"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-                _fail(f"ppo.{name}", value, "a number in [0, 1]")
-        _check_positive("ppo.clip_coef", self.clip_coef)
-        _check_positive("ppo.vf_clip_coef", self.vf_clip_coef)
-        _check_positive("ppo.vf_coef", self.vf_coef, allow_zero=True)
-        _check_positive("ppo.ent_coef", self.ent_coef, allow_zero=True)
-        if self.target_kl is not None:
-            _check_positive("ppo.target_kl", self.target_kl)
+    target_kl: float | None = Field(None, gt=0)
 
 
-LR_SCHEDULES = ("constant", "linear", "cosine")
+LRSchedule = Literal["constant", "linear", "cosine"]
+LR_SCHEDULES: tuple[str, ...] = get_args(LRSchedule)
 
 
-@dataclass
-class OptimizerConfig:
+class OptimizerConfig(_Config):
     """Optimizer, learning-rate schedule over agent steps, and grad-norm clipping."""
 
-    type: str = "adam"
-    learning_rate: float = 3e-4
-    schedule: str = "constant"
-    min_lr_fraction: float = 0.0
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-5
-    weight_decay: float = 0.0
-    max_grad_norm: float | None = 0.5
+    section: ClassVar[str] = "optimizer"
 
-    def __post_init__(self) -> None:
-        _check_choice("optimizer.type", self.type, ("adam", "adamw"))
-        _check_choice("optimizer.schedule", self.schedule, LR_SCHEDULES)
-        _check_positive("optimizer.learning_rate", self.learning_rate)
-        if not 0 <= self.min_lr_fraction <= 1:
-            _fail("optimizer.min_lr_fraction", self.min_lr_fraction, "a number in [0, 1]")
-        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
-            _fail("optimizer.betas", self.betas, "two numbers in [0, 1)")
-        _check_positive("optimizer.eps", self.eps)
-        _check_positive("optimizer.weight_decay", self.weight_decay, allow_zero=True)
-        if self.max_grad_norm is not None:
-            _check_positive("optimizer.max_grad_norm", self.max_grad_norm)
+    type: Literal["adam", "adamw"] = "adam"
+    learning_rate: float = Field(3e-4, gt=0)
+    schedule: LRSchedule = "constant"
+    min_lr_fraction: float = Field(0.0, ge=0, le=1)
+    betas: _Fractions = Field(default_factory=lambda: [0.9, 0.999], min_length=2, max_length=2)
+    eps: float = Field(1e-5, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float | None = Field(0.5, gt=0)
 
 
-VECTOR_BACKENDS = ("serial", "multiprocessing")
+VectorBackend = Literal["serial", "multiprocessing"]
+VECTOR_BACKENDS: tuple[str, ...] = get_args(VectorBackend)
 
 
-@dataclass
-class VectorizationConfig:
+class VectorizationConfig(_Config):
     """How environments are vectorized (pufferlib.vector).
 
     ``batch_size`` (envs per policy step) below ``num_envs`` makes Multiprocessing
     asynchronous: the policy acts on one batch while the other steps. ``None`` means all envs.
     """
 
-    backend: str = "serial"
-    num_envs: int = 8
-    num_workers: int = 1
-    batch_size: int | None = None
+    section: ClassVar[str] = "vectorization"
 
-    def __post_init__(self) -> None:
-        _check_choice("vectorization.backend", self.backend, VECTOR_BACKENDS)
-        _check_int("vectorization.num_envs", self.num_envs, minimum=1)
-        _check_int("vectorization.num_workers", self.num_workers, minimum=1)
+    backend: VectorBackend = "serial"
+    num_envs: Int = Field(8, ge=1)
+    num_workers: Int = Field(1, ge=1)
+    batch_size: Int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _workers_and_batches_divide(self) -> VectorizationConfig:
         if self.num_workers > self.num_envs:
-            raise ConfigError(
-                f"vectorization.num_workers={self.num_workers} is invalid: expected at most "
-                f"vectorization.num_envs={self.num_envs}"
-            )
+            raise _Invalid(f"at most {{p}}num_envs={self.num_envs}", field="num_workers", value=self.num_workers)
         if self.num_envs % self.num_workers:
-            raise ConfigError(
-                f"vectorization.num_envs={self.num_envs} is invalid: expected a multiple of "
-                f"vectorization.num_workers={self.num_workers}"
+            raise _Invalid(
+                f"a multiple of {{p}}num_workers={self.num_workers}", field="num_envs", value=self.num_envs
             )
         if self.batch_size is not None:
-            _check_int("vectorization.batch_size", self.batch_size, minimum=1)
             envs_per_worker = self.num_envs // self.num_workers
             if self.num_envs % self.batch_size or self.batch_size % envs_per_worker:
-                raise ConfigError(
-                    f"vectorization.batch_size={self.batch_size} is invalid: expected a divisor of "
-                    f"num_envs={self.num_envs} and a multiple of envs per worker ({envs_per_worker})"
+                raise _Invalid(
+                    f"a divisor of num_envs={self.num_envs} and a multiple of envs per worker ({envs_per_worker})",
+                    field="batch_size",
+                    value=self.batch_size,
                 )
             if self.backend == "serial" and self.batch_size != self.num_envs:
-                raise ConfigError(
-                    f"vectorization.batch_size={self.batch_size} is invalid: the serial backend "
-                    f"steps all {self.num_envs} envs together (use backend=multiprocessing)"
+                raise _Invalid(
+                    f"{self.num_envs} (num_envs): the serial backend steps all envs together "
+                    "(use backend=multiprocessing)",
+                    field="batch_size",
+                    value=self.batch_size,
                 )
+        return self
 
     @property
     def envs_per_batch(self) -> int:
         return self.batch_size or self.num_envs
 
 
-@dataclass
-class TrainingLoopConfig:
+class TrainingLoopConfig(_Config):
     """Sizes of the training loop, in agent steps.
 
     ``batch_size`` agent steps are collected per epoch; the rollout horizon is
@@ -203,66 +274,65 @@ class TrainingLoopConfig:
     ``minibatch_size`` and swept ``update_epochs`` times.
     """
 
-    total_timesteps: int = 100_000
-    batch_size: int = 256
-    minibatch_size: int = 256
-    update_epochs: int = 4
-    device: str = "cpu"
-    torch_threads: int = 1
+    section: ClassVar[str] = "trainer"
 
-    def __post_init__(self) -> None:
-        _check_int("trainer.total_timesteps", self.total_timesteps, minimum=1)
-        _check_int("trainer.batch_size", self.batch_size, minimum=1)
-        _check_int("trainer.minibatch_size", self.minibatch_size, minimum=1)
-        _check_int("trainer.update_epochs", self.update_epochs, minimum=1)
-        _check_int("trainer.torch_threads", self.torch_threads, minimum=0)
+    total_timesteps: Int = Field(100_000, ge=1)
+    batch_size: Int = Field(256, ge=1)
+    minibatch_size: Int = Field(256, ge=1)
+    update_epochs: Int = Field(4, ge=1)
+    device: Str = "cpu"
+    torch_threads: Int = Field(1, ge=0)
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if not (value == "cpu" or value.startswith("cuda")):
+            raise _Invalid("'cpu' or 'cuda[:N]'")
+        return value
+
+    @model_validator(mode="after")
+    def _batches_fit(self) -> TrainingLoopConfig:
         if self.total_timesteps < self.batch_size:
-            raise ConfigError(
-                f"trainer.total_timesteps={self.total_timesteps} is invalid: expected at least one batch "
-                f"(trainer.batch_size={self.batch_size})"
+            raise _Invalid(
+                f"at least one batch ({{p}}batch_size={self.batch_size})",
+                field="total_timesteps",
+                value=self.total_timesteps,
             )
         if self.batch_size % self.minibatch_size:
-            raise ConfigError(
-                f"trainer.batch_size={self.batch_size} is invalid: expected a multiple of "
-                f"trainer.minibatch_size={self.minibatch_size}"
+            raise _Invalid(
+                f"a multiple of {{p}}minibatch_size={self.minibatch_size}", field="batch_size", value=self.batch_size
             )
-        if not isinstance(self.device, str) or not (
-            self.device == "cpu" or self.device.startswith("cuda")
-        ):
-            _fail("trainer.device", self.device, "'cpu' or 'cuda[:N]'")
+        return self
 
 
-@dataclass
-class EvaluationConfig:
+class EvaluationConfig(_Config):
     """Evaluation on envs of its own, every ``evaluate_interval`` epochs (crossing) and at the end.
 
     ``tasks`` lists the env configs to score (one score each); empty means the training env.
     ``replay=true`` writes an animated GIF of one eval episode to ``<run>/replays/``.
     """
 
-    enabled: bool = True
-    num_episodes: int = 20
-    num_envs: int = 4
-    evaluate_interval: int = 0
-    deterministic: bool = True
-    max_steps: int = 1_000_000
-    tasks: list[EnvConfig] = field(default_factory=list)
-    replay: bool = False
-    replay_max_frames: int = 500
+    section: ClassVar[str] = "evaluation"
 
-    def __post_init__(self) -> None:
-        _check_int("evaluation.num_episodes", self.num_episodes, minimum=1)
-        _check_int("evaluation.num_envs", self.num_envs, minimum=1)
-        _check_int("evaluation.evaluate_interval", self.evaluate_interval, minimum=0)
-        _check_int("evaluation.max_steps", self.max_steps, minimum=1)
-        _check_int("evaluation.replay_max_frames", self.replay_max_frames, minimum=2)
+    enabled: bool = True
+    num_episodes: Int = Field(20, ge=1)
+    num_envs: Int = Field(4, ge=1)
+    evaluate_interval: Int = Field(0, ge=0)
+    deterministic: bool = True
+    max_steps: Int = Field(1_000_000, ge=1)
+    tasks: _EnvList = Field(default_factory=list)
+    replay: bool = False
+    replay_max_frames: Int = Field(500, ge=2)
+
+    @model_validator(mode="after")
+    def _task_names_unique(self) -> EvaluationConfig:
         names = [t.name for t in self.tasks]
         if len(set(names)) != len(names):
-            _fail("evaluation.tasks", names, "tasks with distinct names")
+            raise _Invalid("tasks with distinct names", field="tasks", value=names)
+        return self
 
 
-@dataclass
-class CheckpointConfig:
+class CheckpointConfig(_Config):
     """Checkpoint cadence and retention.
 
     A checkpoint is written every ``interval`` epochs (crossing semantics; 0: only at the end
@@ -270,17 +340,14 @@ class CheckpointConfig:
     ``keep_best``.
     """
 
-    interval: int = 25
-    keep_last: int = 3
+    section: ClassVar[str] = "checkpoint"
+
+    interval: Int = Field(25, ge=0)
+    keep_last: Int = Field(3, ge=1)
     keep_best: bool = True
 
-    def __post_init__(self) -> None:
-        _check_int("checkpoint.interval", self.interval, minimum=0)
-        _check_int("checkpoint.keep_last", self.keep_last, minimum=1)
 
-
-@dataclass
-class GuardConfig:
+class GuardConfig(_Config):
     """What happens when a loss or gradient is not finite.
 
     Such an optimizer step is skipped and counted. After ``max_nonfinite_steps`` skipped steps
@@ -288,48 +355,38 @@ class GuardConfig:
     ``lr_backoff``; if that happens ``max_rollbacks`` times in a row, the run stops.
     """
 
-    max_nonfinite_steps: int = 10
-    lr_backoff: float = 0.5
-    max_rollbacks: int = 1
+    section: ClassVar[str] = "guard"
 
-    def __post_init__(self) -> None:
-        _check_int("guard.max_nonfinite_steps", self.max_nonfinite_steps, minimum=1)
-        if isinstance(self.lr_backoff, bool) or not isinstance(self.lr_backoff, (int, float)) or not 0 < self.lr_backoff <= 1:
-            _fail("guard.lr_backoff", self.lr_backoff, "a number in (0, 1]")
-        _check_int("guard.max_rollbacks", self.max_rollbacks, minimum=0)
+    max_nonfinite_steps: Int = Field(10, ge=1)
+    lr_backoff: float = Field(0.5, gt=0, le=1)
+    max_rollbacks: Int = Field(1, ge=0)
 
 
-@dataclass
-class WandbConfig:
+class WandbConfig(_Config):
     """Weights & Biases logging. Offline by default: this works with no network and no key."""
 
+    section: ClassVar[str] = "wandb"
+
     enabled: bool = False
-    project: str = "metta_rl"
-    entity: str | None = None
-    group: str | None = None
-    tags: list[str] = field(default_factory=list)
-    mode: str = "offline"
+    project: Str = "metta_rl"
+    entity: Str | None = None
+    group: Str | None = None
+    tags: _StrList = Field(default_factory=list)
+    mode: Literal["online", "offline", "disabled"] = "offline"
     log_checkpoints: bool = False
 
-    def __post_init__(self) -> None:
-        _check_choice("wandb.mode", self.mode, ("online", "offline", "disabled"))
 
+class TensorboardConfig(_Config):
+    """TensorBoard scalars (the optional ``tensorboard`` extra), written to ``<run>/tensorboard``.
 
-@dataclass
-class TensorboardConfig:
-    """TensorBoard scalars (the optional ``tensorboard`` extra), written to ``<run>/tensorboard``."""
+    Whether the extra is installed is checked at set-up, not here."""
+
+    section: ClassVar[str] = "tensorboard"
 
     enabled: bool = False
 
-    def __post_init__(self) -> None:
-        import importlib.util
 
-        if self.enabled and importlib.util.find_spec("tensorboard") is None:
-            _fail("tensorboard.enabled", True, "false, or install the extra: pip install 'metta_rl[tensorboard]'")
-
-
-@dataclass
-class LoggingConfig:
+class LoggingConfig(_Config):
     """Console output and run monitoring.
 
     ``console=auto`` uses a live table on a terminal, plain lines otherwise. ``heartbeat``
@@ -337,130 +394,231 @@ class LoggingConfig:
     records a torch-profiler trace of epochs a..b-1 to ``<run>/profile/``.
     """
 
-    console: str = "auto"
-    log_interval_s: float = 1.0
+    section: ClassVar[str] = "logging"
+
+    console: Literal["auto", "rich", "plain", "off"] = "auto"
+    log_interval_s: float = Field(1.0, ge=0)
     system_monitor: bool = True
     heartbeat: bool = True
-    profile_epochs: list[int] | None = None
+    profile_epochs: _IntList | None = None
 
-    def __post_init__(self) -> None:
-        _check_choice("logging.console", self.console, ("auto", "rich", "plain", "off"))
-        _check_positive("logging.log_interval_s", self.log_interval_s, allow_zero=True)
-        if self.profile_epochs is not None and (
-            len(self.profile_epochs) != 2 or not 0 <= self.profile_epochs[0] < self.profile_epochs[1]
-        ):
-            _fail("logging.profile_epochs", self.profile_epochs, "[first, end) epochs with 0 <= first < end")
+    @field_validator("profile_epochs")
+    @classmethod
+    def _epoch_range(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and (len(value) != 2 or not 0 <= value[0] < value[1]):
+            raise _Invalid("[first, end) epochs with 0 <= first < end")
+        return value
 
 
-@dataclass
-class TrainerConfig:
+class TrainerConfig(_Config):
     """The whole run: what to train, how, and where records go."""
 
-    seed: int = 0
-    run: str | None = None
-    runs_dir: str = "runs"
-    resume: str = "auto"
-    env: EnvConfig = field(default_factory=EnvConfig)
-    policy: PolicyConfig = field(default_factory=PolicyConfig)
-    trainer: TrainingLoopConfig = field(default_factory=TrainingLoopConfig)
-    ppo: PPOConfig = field(default_factory=PPOConfig)
-    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
-    vectorization: VectorizationConfig = field(default_factory=VectorizationConfig)
-    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    guard: GuardConfig = field(default_factory=GuardConfig)
-    wandb: WandbConfig = field(default_factory=WandbConfig)
-    tensorboard: TensorboardConfig = field(default_factory=TensorboardConfig)
-    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    seed: Int = Field(0, ge=0)
+    run: Str | None = None
+    runs_dir: Str = "runs"
+    resume: Str = "auto"
+    env: EnvConfig = Field(default_factory=EnvConfig)
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    trainer: TrainingLoopConfig = Field(default_factory=TrainingLoopConfig)
+    ppo: PPOConfig = Field(default_factory=PPOConfig)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    vectorization: VectorizationConfig = Field(default_factory=VectorizationConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    guard: GuardConfig = Field(default_factory=GuardConfig)
+    wandb: WandbConfig = Field(default_factory=WandbConfig)
+    tensorboard: TensorboardConfig = Field(default_factory=TensorboardConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
     # User hooks: "module:Class" or {"target": "module:Class", <constructor kwargs>}.
-    hooks: list[Any] = field(default_factory=list)
+    hooks: _AnyList = Field(default_factory=list)
 
-    def __post_init__(self) -> None:
-        _check_int("seed", self.seed, minimum=0)
-        if self.run is not None and (not self.run or "/" in self.run or self.run in (".", "..")):
-            _fail("run", self.run, "a folder name without '/'")
-        if not isinstance(self.resume, str) or not self.resume:
-            _fail("resume", self.resume, "'auto', 'never' or a checkpoint path")
-        for i, spec in enumerate(self.hooks):
+    @model_validator(mode="before")
+    @classmethod
+    def _null_sections_are_defaults(cls, data: Any) -> Any:
+        """A section given as ``null`` (an empty YAML mapping) means all its defaults."""
+        if isinstance(data, dict):
+            return {k: {} if v is None and k in _SECTIONS else v for k, v in data.items()}
+        return data
+
+    @field_validator("run")
+    @classmethod
+    def _folder_name(cls, value: str | None) -> str | None:
+        if value is not None and (not value or "/" in value or value in (".", "..")):
+            raise _Invalid("a folder name without '/'")
+        return value
+
+    @field_validator("resume")
+    @classmethod
+    def _resume_given(cls, value: str) -> str:
+        if not value:
+            raise _Invalid("'auto', 'never' or a checkpoint path")
+        return value
+
+    @field_validator("hooks")
+    @classmethod
+    def _hook_specs(cls, value: list[Any]) -> list[Any]:
+        for i, spec in enumerate(value):
             target = spec.get("target") if isinstance(spec, dict) else spec
             if not isinstance(target, str) or target.count(":") != 1:
-                _fail(f"hooks[{i}]", spec, "'module:Class' or a mapping with target: 'module:Class'")
+                raise _Invalid(
+                    "'module:Class' or a mapping with target: 'module:Class'", field=i, value=spec
+                )
+        return value
 
-    # ------------------------------------------------------------------ building
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainerConfig:
-        """Build and validate from a nested dict; unknown keys are errors naming the key."""
-        return _build(cls, data, prefix="")
+    def from_dict(cls, data: Any) -> TrainerConfig:
+        """Build and validate from a nested dict (Hydra's resolved config, a YAML file, a
+        notebook literal); unknown keys are errors naming the key."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"config={data!r} is invalid: expected a mapping")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise _config_error(cls, exc) from None
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
-
+# ---------------------------------------------------------------------------------- messages
 def did_you_mean(key: str, allowed: list[str], prefix: str = "") -> str:
     """`` (did you mean 'ppo.gamma'?)`` for the closest allowed name, or nothing."""
     close = difflib.get_close_matches(key, allowed, n=1)
     return f" (did you mean '{prefix}{close[0]}'?)" if close else ""
 
 
-def _build(cls: type, data: Any, prefix: str) -> Any:
-    if isinstance(data, cls):
-        return data
-    if not isinstance(data, dict):
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'}={data!r} is invalid: expected a mapping")
-    hints = get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs: dict[str, Any] = {}
-    for key, value in data.items():
-        if key not in fields:
-            raise ConfigError(
-                f"unknown config field '{prefix}{key}'{did_you_mean(str(key), list(fields), prefix)}; "
-                f"allowed: {', '.join(fields)}"
-            )
-        hint = hints[key]
-        if dataclasses.is_dataclass(hint):
-            kwargs[key] = _build(hint, value if value is not None else {}, prefix=f"{prefix}{key}.")
+def _unknown_field(prefix: str, key: str, allowed: list[str]) -> str:
+    return f"unknown config field '{prefix}{key}'{did_you_mean(key, allowed, prefix)}; allowed: {', '.join(allowed)}"
+
+
+def _dotted(section: str, loc: tuple[Any, ...]) -> str:
+    path = section
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
         else:
-            kwargs[key] = _coerce(f"{prefix}{key}", hint, value)
-    return cls(**kwargs)
+            path += f".{part}" if path else str(part)
+    return path
 
 
-def _coerce(name: str, hint: Any, value: Any) -> Any:
-    """Light type checking: ints stay ints, floats accept ints, lists stay lists."""
-    origin = get_origin(hint)
-    args = get_args(hint)
-    if value is None:
-        if type(None) in args:
+def _config_error(model: type[BaseModel], exc: ValidationError) -> ConfigError:
+    """pydantic's ValidationError as one :class:`ConfigError` line about its first error
+    (an unknown key first: a typo is the likeliest cause of everything else)."""
+    errors = exc.errors(include_url=False)
+    errors.sort(key=lambda e: e["type"] != "extra_forbidden")
+    error = errors[0]
+    section = getattr(model, "section", "")
+    loc = tuple(error["loc"])
+    if error["type"] == "extra_forbidden":
+        parent = _annotation_at(model, loc[:-1])
+        allowed = list(_model_of(parent).model_fields) if _model_of(parent) else []
+        prefix = _dotted(section, loc[:-1])
+        return ConfigError(_unknown_field(f"{prefix}." if prefix else "", str(loc[-1]), allowed))
+    cause = (error.get("ctx") or {}).get("error")
+    if isinstance(cause, _Invalid):
+        has_field = cause.field is not None
+        path = _dotted(section, loc + ((cause.field,) if has_field else ()))
+        value = cause.value if has_field else error["input"]
+        prefix = _dotted(section, loc)
+        allowed = cause.allowed.replace("{p}", f"{prefix}." if prefix else "")
+        return ConfigError(f"{path}={value!r} is invalid: expected {allowed}")
+    expected = _describe(_annotation_at(model, loc)) or error["msg"].removeprefix("Input should be ")
+    if error["type"] == "finite_number":
+        expected = "a finite " + expected.removeprefix("a ")
+    return ConfigError(f"{_dotted(section, loc) or 'config'}={error['input']!r} is invalid: expected {expected}")
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    annotation = _strip(annotation)[0]
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+
+
+def _strip(annotation: Any) -> tuple[Any, list[Any]]:
+    """``Annotated[X, *meta]`` -> (X, constraints); FieldInfo metadata is flattened."""
+    metadata: list[Any] = []
+    while get_origin(annotation) is Annotated:
+        annotation, *extra = get_args(annotation)
+        for item in extra:
+            metadata.extend(item.metadata if isinstance(item, FieldInfo) else [item])
+    return annotation, metadata
+
+
+def _annotation_at(model: type[BaseModel], loc: tuple[Any, ...]) -> Any:
+    """The declared type (with its constraints, as ``Annotated``) at an error location."""
+    annotation: Any = model
+    for part in loc:
+        inner, _ = _strip(annotation)
+        if _is_optional(inner):
+            inner = _non_none(inner)
+        inner, _ = _strip(inner)
+        if isinstance(part, int) and get_origin(inner) is list:
+            annotation = get_args(inner)[0]
+        elif isinstance(part, str) and _model_of(inner) and part in _model_of(inner).model_fields:
+            info = _model_of(inner).model_fields[part]
+            annotation = Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
+        else:
             return None
-        raise ConfigError(f"{name}=None is invalid: a value is required")
-    if origin is not None and type(None) in args:  # Optional[X]
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(name, inner[0], value) if len(inner) == 1 else value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{name}={value!r} is invalid: expected a number")
-        return float(value)
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            raise ConfigError(f"{name}={value!r} is invalid: expected an integer")
-        return value
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{name}={value!r} is invalid: expected true or false")
-        return value
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{name}={value!r} is invalid: expected a string")
-        return value
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{name}={value!r} is invalid: expected a list")
-        if args and dataclasses.is_dataclass(args[0]):
-            return [_build(args[0], v, prefix=f"{name}[{i}].") for i, v in enumerate(value)]
-        return [_coerce(f"{name}[{i}]", args[0], v) for i, v in enumerate(value)] if args else list(value)
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{name}={value!r} is invalid: expected a mapping")
-        return dict(value)
-    return value
+    return annotation
+
+
+def _is_optional(annotation: Any) -> bool:
+    return get_origin(annotation) in (Union, types.UnionType) and type(None) in get_args(annotation)
+
+
+def _non_none(annotation: Any) -> Any:
+    rest = [a for a in get_args(annotation) if a is not type(None)]
+    return rest[0] if len(rest) == 1 else Union[tuple(rest)]  # noqa: UP007
+
+
+def _num(x: Any) -> str:
+    return f"{x:g}" if isinstance(x, float) else str(x)
+
+
+def _bounds(metadata: list[Any]) -> str:
+    """`` in [0, 1]``, `` > 0``, `` >= 1`` or nothing, from a field's constraints."""
+    ge, gt, le, lt = (next((getattr(m, k) for m in metadata if isinstance(m, c)), None)
+                      for k, c in (("ge", at.Ge), ("gt", at.Gt), ("le", at.Le), ("lt", at.Lt)))
+    low = f"[{_num(ge)}" if ge is not None else f"({_num(gt)}" if gt is not None else None
+    high = f"{_num(le)}]" if le is not None else f"{_num(lt)})" if lt is not None else None
+    if low and high:
+        return f" in {low}, {high}"
+    if low:
+        return f" >= {_num(ge)}" if ge is not None else f" > {_num(gt)}"
+    if high:
+        return f" <= {_num(le)}" if le is not None else f" < {_num(lt)}"
+    return ""
+
+
+def _describe(annotation: Any) -> str | None:
+    """What a declared type allows, in words: ``a number in [0, 1]``, ``one of adam, adamw``."""
+    if annotation is None:
+        return None
+    annotation, metadata = _strip(annotation)
+    if _is_optional(annotation):
+        inner = _describe(Annotated[(_non_none(annotation), *metadata)] if metadata else _non_none(annotation))
+        return f"{inner} or null" if inner else None
+    if get_origin(annotation) is Literal:
+        return "one of " + ", ".join(str(a) for a in get_args(annotation))
+    if annotation is bool:
+        return "true or false"
+    if annotation is int:
+        return "an integer" + _bounds(metadata)
+    if annotation is float:
+        return "a number" + _bounds(metadata)
+    if annotation is str:
+        non_empty = any(isinstance(m, at.MinLen) and m.min_length > 0 for m in metadata)
+        return "a non-empty string" if non_empty else "a string"
+    if get_origin(annotation) is list:
+        min_len = next((m.min_length for m in metadata if isinstance(m, at.MinLen)), 0)
+        max_len = next((m.max_length for m in metadata if isinstance(m, at.MaxLen)), None)
+        if max_len is not None and max_len == min_len:
+            size = f"a list of {min_len} items"
+        elif min_len:
+            size = "a non-empty list" if min_len == 1 else f"a list of at least {min_len} items"
+        else:
+            size = "a list"
+        item = _describe(get_args(annotation)[0]) if get_args(annotation) else None
+        return f"{size}, each {item}" if item and get_args(annotation)[0] is not Any else size
+    if get_origin(annotation) is dict or annotation is dict or _model_of(annotation):
+        return "a mapping"
+    return None
+
+
+_SECTIONS = frozenset(k for k, f in TrainerConfig.model_fields.items() if _model_of(f.annotation))

@@ -58,10 +58,14 @@ def snapshot(root: Path) -> dict[str, tuple[int, bytes]]:
 
 
 
-def run_tool(script: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run ``tools/<script>`` as a user would, from the repo root, with output captured."""
+def run_tool(
+    script: str, *args: str, timeout: float = 300, extra_env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """Run ``tools/<script>`` as a user would, from the repo root, with output captured;
+    ``extra_env`` adds environment variables (``PYTHONPATH`` for a user's env module)."""
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
     env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra_env or {})
     return subprocess.run(
         [sys.executable, f"tools/{script}", *args],
         cwd=REPO,

@@ -7,7 +7,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
+from metta_rl import cli
+from metta_rl.config import TrainerConfig
 from tests.integration_utils import run_tool, snapshot
 
 TINY = ["env=cartpole", "trainer.total_timesteps=2048", "evaluation.num_episodes=2", "run=tiny"]
@@ -128,3 +131,88 @@ def test_damaged_resume_path_is_one_line(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.splitlines() == [f"error: checkpoint path {bad} does not exist"]
     assert not (tmp_path / "x").exists()
+
+
+# ------------------------------------------------------------------------------ composition (in-process)
+def composed(*overrides: str) -> TrainerConfig:
+    return cli.to_trainer_config(cli.compose(list(overrides)))
+
+
+def test_schema_node_is_every_field_of_the_model_with_its_default():
+    assert OmegaConf.to_container(cli.schema_node()) == TrainerConfig().to_dict()
+
+
+def test_plain_composition_is_the_cartpole_group_over_the_defaults():
+    cfg = composed()
+    assert cfg.env.id == "CartPole-v1" and cfg.trainer.update_epochs == 20  # configs/env/cartpole.yaml
+    assert cfg.policy.hidden_sizes == [64, 64] and not cfg.policy.lstm  # configs/policy/mlp.yaml
+    assert cfg.run.startswith("cartpole-s0-")
+
+
+def test_dotted_overrides_of_every_kind_of_field():
+    cfg = composed(
+        "ppo.gamma=0.9",
+        "trainer.total_timesteps=5000",
+        "ppo.target_kl=0.02",  # default null
+        "optimizer.max_grad_norm=null",
+        "policy.hidden_sizes=[32,32]",
+        "env.kwargs.max_episode_steps=50",  # a new key in a free-form dict
+        "evaluation.tasks=[{name: acro, kind: gym, id: Acrobot-v1}]",
+        "hooks=[tests.test_logging_hooks:CustomMetric]",
+        "trainer.device=cuda:0",
+        "wandb.tags=[a,b]",
+        "run=123",  # parsed as an int; the field is a string
+        "ppo.vf_coef=1",  # an int for a number field
+    )
+    assert cfg.ppo.gamma == 0.9 and cfg.trainer.total_timesteps == 5000 and cfg.ppo.target_kl == 0.02
+    assert cfg.optimizer.max_grad_norm is None
+    assert cfg.policy.hidden_sizes == [32, 32]
+    assert cfg.env.kwargs == {"max_episode_steps": 50}
+    assert [(t.name, t.id) for t in cfg.evaluation.tasks] == [("acro", "Acrobot-v1")]
+    assert cfg.hooks == ["tests.test_logging_hooks:CustomMetric"]
+    assert cfg.trainer.device == "cuda:0" and cfg.wandb.tags == ["a", "b"] and cfg.run == "123"
+    assert cfg.ppo.vf_coef == 1.0 and isinstance(cfg.ppo.vf_coef, float)
+
+
+def test_config_groups_and_their_free_form_kwargs():
+    cfg = composed("env=mettagrid_navigation", "policy=lstm", "env.kwargs.num_agents=8")
+    assert cfg.env.kind == "mettagrid" and cfg.env.kwargs == {"num_agents": 8, "max_steps": 500}
+    assert cfg.policy.lstm and cfg.policy.hidden_sizes == [64]
+    assert composed("env=acrobot", "env.id=my_pkg.envs:MyEnv-v0").env.id == "my_pkg.envs:MyEnv-v0"
+
+
+def preflight_error(capsys, *argv: str) -> str:
+    with pytest.raises(SystemExit) as info:
+        cli.preflight(list(argv))
+    assert info.value.code == cli.EXIT_BAD_INPUT
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0].removeprefix("error: ")
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["ppo.gama=0.9"], "unknown config field 'ppo.gama' (did you mean 'ppo.gamma'?); allowed: gamma, "),
+        (["+ppo.gama=0.9"], "unknown config field 'ppo.gama' (did you mean 'ppo.gamma'?); allowed: gamma, "),
+        (["foo=bar"], "unknown config field 'foo'"),
+        (["env.nmae=x"], "unknown config field 'env.nmae' (did you mean 'env.name'?)"),
+        (["env=nope"],
+         "In 'train': Could not find 'env/nope' (available: acrobot, cartpole, mettagrid_arena, mettagrid_navigation)"),
+        (["trainer.total_timesteps=-5"], "trainer.total_timesteps=-5 is invalid: expected an integer >= 1"),
+        (["trainer.total_timesteps=abc"], "trainer.total_timesteps='abc' is invalid: expected an integer >= 1"),
+        (["ppo.norm_adv=1"], "ppo.norm_adv=1 is invalid: expected true or false"),
+        (["-m", "seed=0,-1"], "seed=-1 is invalid: expected an integer >= 0"),  # every job of a sweep
+        (["env.id=CartPoel-v1"], "env.id='CartPoel-v1' is invalid: expected a registered Gymnasium id"),
+        (["env.id=no_such_module_abc:Env-v0"], "env.id='no_such_module_abc:Env-v0' is invalid: cannot import"),
+    ],
+    ids=["typo", "typo-appended", "unknown-top", "unknown-nested", "missing-group", "negative", "not-int",
+         "not-bool", "sweep-job", "gym-id", "user-module"],
+)
+def test_preflight_bad_input_is_one_line(capsys, argv, expected):
+    assert preflight_error(capsys, *argv).startswith(expected)
+
+
+def test_preflight_accepts_a_good_sweep(capsys):
+    cli.preflight(["-m", "seed=0,1", "ppo.gamma=0.9,0.95", "env.kwargs.max_episode_steps=50"])
+    assert capsys.readouterr().err == ""

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
-import dataclasses
+import subprocess
+import sys
 
+import pydantic
 import pytest
 
 from metta_rl.config import (
     ConfigError,
+    EnvConfig,
+    EvaluationConfig,
     OptimizerConfig,
     PPOConfig,
     TrainerConfig,
     TrainingLoopConfig,
     VectorizationConfig,
 )
+from tests.integration_utils import REPO
 
 
 def _error(data: dict) -> str:
@@ -106,13 +111,6 @@ def test_num_workers_more_than_num_envs():
         VectorizationConfig(num_envs=2, num_workers=4)
 
 
-def test_unknown_gym_env_id():
-    msg = _error({"env": {"kind": "gym", "id": "nope"}})
-    assert "env.id" in msg
-    assert "'nope'" in msg
-    assert "Gymnasium" in msg  # what is allowed
-
-
 def test_negative_total_timesteps():
     msg = _error({"trainer": {"total_timesteps": -5}})
     assert "trainer.total_timesteps" in msg
@@ -193,8 +191,11 @@ def test_config_error_is_a_value_error():
     assert issubclass(ConfigError, ValueError)
 
 
-def test_configs_are_plain_dataclasses():
-    assert dataclasses.is_dataclass(TrainerConfig)
+def test_configs_are_closed_pydantic_models():
+    assert issubclass(TrainerConfig, pydantic.BaseModel)
+    for model in (TrainerConfig, PPOConfig, EnvConfig, VectorizationConfig):
+        assert model.model_config["extra"] == "forbid"
+        assert model.model_config["validate_assignment"] is True
     assert OptimizerConfig().learning_rate == pytest.approx(3e-4)
 
 
@@ -205,3 +206,166 @@ def test_configs_are_plain_dataclasses():
 )
 def test_nan_is_not_a_positive_number(data):
     _error(data)
+
+
+# ---------------------------------------------------------------------------------- strictness
+@pytest.mark.parametrize("value", [1.5, "abc", "4", True], ids=["fraction", "text", "numeric-text", "bool"])
+def test_integer_field_rejects_non_integers(value):
+    msg = _error({"trainer": {"update_epochs": value}})
+    assert msg.startswith(f"trainer.update_epochs={value!r} is invalid"), msg
+    assert "integer" in msg
+
+
+def test_integer_field_takes_a_whole_float_as_an_int():
+    cfg = TrainerConfig.from_dict({"trainer": {"update_epochs": 4.0}, "vectorization": {"num_envs": 2e1}})
+    assert cfg.trainer.update_epochs == 4 and type(cfg.trainer.update_epochs) is int
+    assert cfg.vectorization.num_envs == 20 and type(cfg.vectorization.num_envs) is int
+
+
+@pytest.mark.parametrize("value", [1, 0, "true"], ids=["one", "zero", "text"])
+def test_bool_field_takes_only_bools(value):
+    msg = _error({"ppo": {"norm_adv": value}})
+    assert msg == f"ppo.norm_adv={value!r} is invalid: expected true or false"
+
+
+@pytest.mark.parametrize("value", [True, "0.9", None], ids=["bool", "text", "null"])
+def test_number_field_rejects_non_numbers(value):
+    msg = _error({"ppo": {"gae_lambda": value}})
+    assert msg == f"ppo.gae_lambda={value!r} is invalid: expected a number in [0, 1]"
+
+
+def test_string_field_takes_a_number_as_its_text_but_not_a_bool():
+    # `run=123` on a Hydra command line arrives as an int.
+    assert TrainerConfig.from_dict({"run": 123}).run == "123"
+    assert _error({"run": True}) == "run=True is invalid: expected a string or null"
+
+
+def test_list_field_takes_a_tuple():
+    assert TrainerConfig.from_dict({"optimizer": {"betas": (0.8, 0.9)}}).optimizer.betas == [0.8, 0.9]
+
+
+# ---------------------------------------------------------------------------------- building in Python
+def test_direct_construction_with_nested_kwargs():
+    cfg = TrainerConfig(ppo={"gamma": 0.5}, trainer={"total_timesteps": 512, "batch_size": 128, "minibatch_size": 64})
+    assert isinstance(cfg.ppo, PPOConfig) and cfg.ppo.gamma == 0.5
+    assert cfg.trainer.batch_size == 128
+    assert cfg == TrainerConfig.from_dict(cfg.to_dict())
+
+
+def test_direct_construction_errors_are_one_config_error_line():
+    with pytest.raises(ConfigError) as info:
+        TrainerConfig(ppo={"gamma": 2})
+    assert str(info.value) == "ppo.gamma=2 is invalid: expected a number in [0, 1]"
+    with pytest.raises(ConfigError, match=r"^unknown config field 'ppo\.gama' \(did you mean 'ppo\.gamma'\?\)"):
+        PPOConfig(gama=0.9)
+    with pytest.raises(ConfigError, match=r"^evaluation\.num_envs=0 is invalid: expected an integer >= 1$"):
+        EvaluationConfig(num_envs=0)
+
+
+def test_assignment_is_validated_and_a_refused_value_is_not_kept():
+    cfg = TrainerConfig()
+    cfg.ppo.gamma = 0.9
+    assert cfg.ppo.gamma == 0.9
+    with pytest.raises(ConfigError) as info:
+        cfg.ppo.gamma = 1.5
+    assert str(info.value) == "ppo.gamma=1.5 is invalid: expected a number in [0, 1]"
+    assert cfg.ppo.gamma == 0.9
+    # a cross-field rule is checked on assignment too, and the old value stays
+    refused = r"^trainer\.batch_size=100 is invalid: expected a multiple of trainer\.minibatch_size=256$"
+    with pytest.raises(ConfigError, match=refused):
+        cfg.trainer.batch_size = 100
+    assert cfg.trainer.batch_size == 256
+    typo = r"^unknown config field 'trainer\.batch_sise' \(did you mean 'trainer\.batch_size'\?\)"
+    with pytest.raises(ConfigError, match=typo):
+        cfg.trainer.batch_sise = 512
+    with pytest.raises(ConfigError, match=r"^ppo=5 is invalid: expected a mapping$"):
+        cfg.ppo = 5
+
+
+def test_replace_is_a_validated_copy():
+    cfg = TrainerConfig()
+    other = cfg.replace(seed=3)
+    assert other.seed == 3 and cfg.seed == 0 and other.ppo == cfg.ppo
+    with pytest.raises(ConfigError, match=r"^seed=-3 is invalid"):
+        cfg.replace(seed=-3)
+
+
+def test_to_dict_is_yaml_safe():
+    import yaml
+
+    data = TrainerConfig.from_dict({"evaluation": {"tasks": [{"name": "a"}]}, "hooks": ["m:H"]}).to_dict()
+    assert yaml.safe_load(yaml.safe_dump(data)) == data
+    assert data["evaluation"]["tasks"][0]["id"] == "CartPole-v1"
+
+
+# ---------------------------------------------------------------------------------- cross-field rules
+def test_eval_task_errors_name_the_task():
+    assert _error({"evaluation": {"tasks": [{"name": "a"}, {"name": "b", "kind": "mettagrid", "id": "x"}]}}) == (
+        "evaluation.tasks[1].id='x' is invalid: expected a MettaGrid preset, one of arena, navigation"
+    )
+    msg = _error({"evaluation": {"tasks": [{"name": "a", "idd": "CartPole-v1"}]}})
+    assert msg.startswith("unknown config field 'evaluation.tasks[0].idd' (did you mean 'evaluation.tasks[0].id'?)")
+
+
+def test_eval_task_names_must_be_unique():
+    msg = _error({"evaluation": {"tasks": [{"name": "a"}, {"name": "b"}, {"name": "a"}]}})
+    assert msg == "evaluation.tasks=['a', 'b', 'a'] is invalid: expected tasks with distinct names"
+
+
+@pytest.mark.parametrize(
+    "spec", ["no_colon", "a:b:c", {"kwargs": 1}, 5], ids=["no-colon", "two-colons", "no-target", "int"]
+)
+def test_hook_spec_format(spec):
+    msg = _error({"hooks": ["ok.module:Hook", spec]})
+    assert msg.startswith(f"hooks[1]={spec!r} is invalid: expected 'module:Class'"), msg
+    assert TrainerConfig.from_dict({"hooks": ["m:H", {"target": "m:H", "x": 1}]}).hooks[1] == {"target": "m:H", "x": 1}
+
+
+def test_serial_backend_steps_every_env_at_once():
+    msg = _error({"vectorization": {"backend": "serial", "num_envs": 4, "num_workers": 2, "batch_size": 2}})
+    assert msg.startswith("vectorization.batch_size=2 is invalid") and "backend=multiprocessing" in msg
+    assert TrainerConfig.from_dict({"vectorization": {"backend": "multiprocessing", "num_envs": 4, "num_workers": 2,
+                                                      "batch_size": 2}}).vectorization.envs_per_batch == 2
+
+
+def test_total_timesteps_must_hold_one_batch():
+    msg = _error({"trainer": {"total_timesteps": 100, "batch_size": 128, "minibatch_size": 64}})
+    assert msg == "trainer.total_timesteps=100 is invalid: expected at least one batch (trainer.batch_size=128)"
+
+
+# ---------------------------------------------------------------------------------- no side effects
+def test_building_a_config_imports_nothing_and_checks_no_install(tmp_path, monkeypatch):
+    import importlib
+    import importlib.util
+
+    (tmp_path / "config_side_effect_env.py").write_text("raise RuntimeError('imported while building a config')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    calls = []
+    monkeypatch.setattr(importlib, "import_module", lambda *a, **k: calls.append(("import_module", a)))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda *a, **k: calls.append(("find_spec", a)))
+    cfg = TrainerConfig.from_dict({
+        "env": {"kind": "gym", "id": "config_side_effect_env:make"},
+        "evaluation": {"tasks": [{"name": "pz", "kind": "pettingzoo", "id": "config_side_effect_env:make_pz"}]},
+        "tensorboard": {"enabled": True},
+        "hooks": ["config_side_effect_env:Hook"],
+    })
+    assert cfg.env.id == "config_side_effect_env:make"
+    assert calls == [] and "config_side_effect_env" not in sys.modules
+
+
+def test_config_module_imports_nothing_from_metta_rl():
+    import ast
+
+    tree = ast.parse((REPO / "metta_rl" / "config.py").read_text())
+    imported = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    imported += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    assert not [m for m in imported if m.split(".")[0] == "metta_rl"], imported
+    # and loading it on its own (no package __init__) pulls in no env library
+    code = (
+        "import importlib.util, sys; spec = importlib.util.spec_from_file_location('c', 'metta_rl/config.py');"
+        "m = importlib.util.module_from_spec(spec); sys.modules['c'] = m; spec.loader.exec_module(m);"
+        "m.TrainerConfig();"
+        "print(sorted(k for k in sys.modules if k.split('.')[0] in ('metta_rl', 'gymnasium', 'pufferlib', 'torch')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -10,6 +10,7 @@ import torch
 
 from metta_rl.config import ConfigError, EnvConfig, TrainerConfig, VectorizationConfig
 from metta_rl.managers.environment import EVAL_STREAM, TRAIN_STREAM, EnvError, EnvironmentManager
+from metta_rl.envs.checks import check_runtime
 from metta_rl.envs.seeding import env_seed
 from metta_rl.trainer import Trainer
 from tests.envs_for_tests import EPISODE_LENGTH
@@ -317,9 +318,9 @@ def test_pettingzoo_trainer_runs_two_epochs(tmp_path):
 
 
 # ------------------------------------------------------------------------------ bad env ids
-def test_unknown_gym_id_fails_at_config_build():
+def test_unknown_gym_id_fails_the_runtime_check():
     with pytest.raises(ConfigError, match=r"env\.id='CartPoel-v1' is invalid") as info:
-        TrainerConfig.from_dict(config_dict(env={"id": "CartPoel-v1"}))
+        check_runtime(TrainerConfig.from_dict(config_dict(env={"id": "CartPoel-v1"})))
     assert "\n" not in str(info.value)
     assert "CartPole-v1" in str(info.value)  # the close match is suggested
 
@@ -332,9 +333,9 @@ def test_unknown_gym_id_fails_at_config_build():
         ("tests.envs_for_tests", "expected 'module:callable'"),
     ],
 )
-def test_bad_pettingzoo_id_fails_at_config_build(env_id, why):
+def test_bad_pettingzoo_id_fails_the_runtime_check(env_id, why):
     with pytest.raises(ConfigError, match=r"env\.id=") as info:
-        TrainerConfig.from_dict(config_dict(env={**PZ_ENV, "id": env_id}))
+        check_runtime(TrainerConfig.from_dict(config_dict(env={**PZ_ENV, "id": env_id})))
     assert why in str(info.value)
     assert env_id in str(info.value)
 

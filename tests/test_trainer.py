@@ -243,7 +243,7 @@ def test_same_config_and_seed_give_identical_metrics(tmp_path):
         assert [m[key] for m in a] == [m[key] for m in b]
 
     # ... and the comparison is not vacuous: another seed trains differently.
-    other = dataclasses.replace(cfg, seed=1)
+    other = cfg.replace(seed=1)
     with Trainer(other, run_dir=tmp_path / "c", console=False) as trainer:
         trainer.train()
     c = read_metrics(tmp_path / "c")
@@ -265,7 +265,7 @@ def test_with_resume_never_an_existing_run_directory_is_never_written(tmp_path):
         with Trainer(cfg, run_dir=run, console=False) as trainer:
             trainer.train_epoch()
     with pytest.raises(RunExistsError):
-        Trainer(dataclasses.replace(cfg, seed=3), run_dir=run, console=False).train()
+        Trainer(cfg.replace(seed=3), run_dir=run, console=False).train()
     assert snapshot(run) == before
     assert issubclass(RunExistsError, FileExistsError)
 

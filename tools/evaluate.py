@@ -233,8 +233,7 @@ def evaluate(args: Args) -> int:
     config = ckpt.config
     if config.trainer.torch_threads > 0:
         torch.set_num_threads(config.trainer.torch_threads)
-    eval_config = dataclasses.replace(
-        config.evaluation,
+    eval_config = config.evaluation.replace(
         enabled=True,
         num_episodes=args.episodes if args.episodes is not None else config.evaluation.num_episodes,
         deterministic=args.deterministic if args.deterministic is not None else config.evaluation.deterministic,

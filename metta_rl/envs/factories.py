@@ -23,36 +23,93 @@ import pufferlib.emulation
 from metta_rl.config import ConfigError
 from metta_rl.envs.seeding import EnvSeeds
 
-METTAGRID_PRESETS = ("arena", "navigation")
 
+def check_env_id(kind: str, env_id: str, kwargs: dict[str, Any] | None = None, *, field: str = "env.id") -> None:
+    """Fail before training, with one line naming ``field``, for an env id that cannot be built.
 
-def check_env_id(kind: str, env_id: str) -> None:
-    """Fail at config time, with one line, for an env id that cannot be built."""
+    A runtime check (it imports user modules), run at set-up by
+    :func:`metta_rl.envs.checks.check_runtime`, never when a config is built. A gym
+    ``module:callable`` is called once with ``kwargs`` (and the env closed) to check that it
+    returns a ``gymnasium.Env``; a registered id or an Env class is not built."""
     if kind == "gym":
-        if env_id not in gymnasium.registry:
-            close = [k for k in gymnasium.registry if k.lower().startswith(env_id.lower()[:4])][:5]
-            hint = f" (close: {', '.join(close)})" if close else ""
-            raise ConfigError(f"env.id={env_id!r} is invalid: expected a registered Gymnasium id{hint}")
-    elif kind == "pettingzoo":
-        _resolve_callable(env_id)
-    elif kind == "mettagrid":
-        if env_id not in METTAGRID_PRESETS:
+        module_name, _, name = env_id.partition(":")
+        if not name:
+            if env_id not in gymnasium.registry:
+                close = [k for k in gymnasium.registry if k.lower().startswith(env_id.lower()[:4])][:5]
+                hint = f" (close: {', '.join(close)})" if close else ""
+                raise ConfigError(
+                    f"{field}={env_id!r} is invalid: expected a registered Gymnasium id, 'module:EnvId' or "
+                    f"'module:callable'{hint}"
+                )
+            return
+        module = _import(module_name, env_id, field)
+        if name in gymnasium.registry:
+            return
+        target = getattr(module, name, None)
+        if not callable(target):
             raise ConfigError(
-                f"env.id={env_id!r} is invalid: expected a MettaGrid preset, one of {', '.join(METTAGRID_PRESETS)}"
+                f"{field}={env_id!r} is invalid: importing {module_name!r} registered no Gymnasium id {name!r}, "
+                f"and {module_name!r} has no callable {name!r}"
             )
+        if isinstance(target, type) and issubclass(target, gymnasium.Env):
+            return
+        try:
+            env = _make_gym(env_id, dict(kwargs or {}), field=field)
+        except ConfigError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the user's callable may raise anything
+            detail = " ".join(f"{type(exc).__name__}: {exc}".split())
+            kwargs_field = field.rpartition(".")[0] + ".kwargs"
+            raise ConfigError(
+                f"{field}={env_id!r} is invalid: calling it with {kwargs_field} raised {detail}"
+            ) from None
+        env.close()
+    elif kind == "pettingzoo":
+        _resolve_callable(env_id, field=field)
+    # mettagrid: the preset is checked when the config is built (EnvConfig); nothing to import.
 
 
-def _resolve_callable(path: str) -> Any:
-    module_name, _, attr = path.partition(":")
-    if not attr:
-        raise ConfigError(f"env.id={path!r} is invalid: expected 'module:callable' for a PettingZoo env")
+def _import(module_name: str, env_id: str, field: str) -> Any:
+    """Import a user's env module; any failure (missing, or raising on import) is one line."""
     try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(f"env.id={path!r} is invalid: cannot import {module_name!r} ({exc})") from None
+        return importlib.import_module(module_name)
+    except Exception as exc:  # noqa: BLE001 - a user module may raise anything on import
+        detail = str(exc) if isinstance(exc, ImportError) else f"{type(exc).__name__}: {exc}"
+        detail = " ".join(detail.split())
+        raise ConfigError(f"{field}={env_id!r} is invalid: cannot import {module_name!r} ({detail})") from None
+
+
+def _resolve_callable(path: str, *, field: str = "env.id", what: str = "a PettingZoo env") -> Any:
+    module_name, _, attr = path.partition(":")
+    if not module_name or not attr:
+        raise ConfigError(f"{field}={path!r} is invalid: expected 'module:callable' for {what}")
+    module = _import(module_name, path, field)
     if not callable(getattr(module, attr, None)):
-        raise ConfigError(f"env.id={path!r} is invalid: {module_name!r} has no callable {attr!r}")
+        raise ConfigError(f"{field}={path!r} is invalid: {module_name!r} has no callable {attr!r}")
     return getattr(module, attr)
+
+
+def _make_gym(env_id: str, kwargs: dict[str, Any], *, field: str = "env.id") -> gymnasium.Env:
+    """A Gymnasium env from a registered id, from Gymnasium's ``module:EnvId`` (importing the
+    module registers the id), or from ``module:callable`` returning a ``gymnasium.Env``.
+
+    The module is imported here, in the process that builds the env, so a Multiprocessing
+    worker registers the id itself whatever the start method."""
+    module_name, _, name = env_id.partition(":")
+    if not name:
+        return gymnasium.make(env_id, **kwargs)
+    _import(module_name, env_id, field)
+    if name in gymnasium.registry:
+        return gymnasium.make(env_id, **kwargs)
+    env = _resolve_callable(env_id, field=field, what="a Gymnasium env")(**kwargs)
+    if not isinstance(env, gymnasium.Env):
+        if callable(getattr(env, "close", None)):
+            env.close()
+        raise ConfigError(
+            f"{field}={env_id!r} is invalid: {env_id} returned {type(env).__module__}.{type(env).__qualname__}, "
+            "expected a gymnasium.Env"
+        )
+    return env
 
 
 class EnvStepError(RuntimeError):
@@ -138,7 +195,7 @@ class EnvCreator:
         if self.kind == "gym":
             if self.render_mode is not None:
                 kwargs["render_mode"] = self.render_mode
-            env = _SeededGymReset(gymnasium.make(self.env_id, **kwargs), seeds, label)
+            env = _SeededGymReset(_make_gym(self.env_id, kwargs), seeds, label)
             return pufferlib.emulation.GymnasiumPufferEnv(env=env, buf=buf)
         if self.kind == "pettingzoo":
             env = _SeededParallelEnv(_resolve_callable(self.env_id)(**kwargs), seeds, label)
