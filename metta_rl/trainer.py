@@ -33,6 +33,7 @@ from metta_rl.records import checkpoint as ckpt_files
 from metta_rl.hooks.builtin import default_hooks
 from metta_rl.records.checkpoint import Checkpoint, CheckpointError
 from metta_rl.config import ConfigError, TrainerConfig
+from metta_rl.envs.checks import check_runtime
 from metta_rl.managers.environment import EnvironmentManager
 from metta_rl.managers.evaluation import EvalResult, EvaluationManager
 from metta_rl.managers.guard import NonFiniteGuard, TrainingError
@@ -110,6 +111,7 @@ class Trainer:
         if self._setup_done:
             return self
         cfg = self.config
+        check_runtime(cfg)
         if cfg.resume == "never":
             self.run_dir.check_new()
         self.device = resolve_device(cfg.trainer.device)

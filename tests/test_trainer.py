@@ -227,6 +227,22 @@ def test_cuda_device_without_cuda_is_a_config_error(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize(
+    ("env", "match"),
+    [
+        ({"name": "nope", "kind": "gym", "id": "NoSuchEnv-v0"}, r"env\.id='NoSuchEnv-v0' is invalid"),
+        ({"name": "nope", "kind": "gym", "id": "no_such_module_xyz:Env-v0"}, r"env\.id='no_such_module_xyz:Env-v0' is invalid"),
+    ],
+    ids=["unregistered-id", "unimportable-module"],
+)
+def test_setup_runs_the_runtime_checks_and_writes_nothing(tmp_path, env, match):
+    """Not only the CLI: a notebook's or a script's Trainer gets the same one-line error."""
+    cfg = make_config(env={**env, "kwargs": {}})
+    with pytest.raises(ConfigError, match=match):
+        Trainer(cfg, run_dir=tmp_path / "run", console=False).setup()
+    assert not (tmp_path / "run").exists()
+
+
 # ------------------------------------------------------------------------------ determinism
 def test_same_config_and_seed_give_identical_metrics(tmp_path):
     cfg = make_config(trainer={"total_timesteps": 4 * BATCH, "update_epochs": 2}, evaluation={"evaluate_interval": 2})
