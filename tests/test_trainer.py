@@ -19,7 +19,7 @@ from metta_rl import Hook, Trainer, TrainerConfig
 from metta_rl.config import ConfigError, EvaluationConfig
 from metta_rl.managers.evaluation import EvaluationManager
 from metta_rl.records.run_dir import RunExistsError
-from tests.integration_utils import make_config, snapshot
+from tests.integration_utils import best_policy_score, make_config, random_policy_score, snapshot
 
 torch.set_num_threads(1)
 
@@ -461,23 +461,29 @@ def test_add_hook_after_setup_and_on_failure(tmp_path):
 
 
 # ------------------------------------------------------------------------------ learning
-def test_cartpole_learns_with_the_shipped_config(tmp_path):
-    """configs/env/cartpole.yaml (RL Zoo settings) must solve CartPole within its 100k steps.
-    A random policy scores about 22."""
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_cartpole_learns_with_the_shipped_config(tmp_path, seed):
+    """configs/env/cartpole.yaml (RL Zoo settings) solves CartPole within its 100k steps, on
+    every seed: the policy ``checkpoints/best`` keeps scores >= 475 when evaluated afresh from
+    the checkpoint, against a random policy's ~20 on the same evaluation. (Not the last eval of
+    one trajectory: other CPUs give other trajectories, see the README's testing notes.)"""
     from metta_rl import cli
 
-    cfg = cli.to_trainer_config(cli.compose(["env=cartpole", "seed=0", f"runs_dir={tmp_path}", "run=learn"]))
+    cfg = cli.to_trainer_config(cli.compose(["env=cartpole", f"seed={seed}", f"runs_dir={tmp_path}", "run=learn"]))
     assert cfg.env.id == "CartPole-v1" and cfg.trainer.total_timesteps == 100_000
     with Trainer(cfg, console=False) as trainer:
         result = trainer.train()
-    summary = json.loads((tmp_path / "learn" / "summary.json").read_text())
-    print("\nCartPole learning summary:", json.dumps({k: v for k, v in summary.items() if k != "time_split"}))
-    returns = [m["eval/mean_return"] for m in read_metrics(tmp_path / "learn") if "eval/mean_return" in m]
-    print("eval mean returns:", returns)
+    run = tmp_path / "learn"
+    summary = json.loads((run / "summary.json").read_text())
+    returns = [m["eval/mean_return"] for m in read_metrics(run) if "eval/mean_return" in m]
+    print(f"\nCartPole seed {seed}: eval mean returns {returns}")
     assert summary["agent_steps"] <= 100_000
     assert summary["eval_episodes"] == cfg.evaluation.num_episodes
-    assert summary["eval_mean_return"] >= 475, summary
     assert not math.isnan(result.summary["episode_return"])
+    random_score = random_policy_score(cfg)
+    best_score = best_policy_score(run)
+    assert random_score < 50, random_score
+    assert best_score == summary["best_eval_mean_return"] >= 475, (best_score, summary)
 
 
 # ------------------------------------------------------------------------------ eval failures
