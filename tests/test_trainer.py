@@ -466,7 +466,7 @@ def test_cartpole_learns_with_the_shipped_config(tmp_path, seed):
     """configs/env/cartpole.yaml (RL Zoo settings) solves CartPole within its 100k steps, on
     every seed: the policy ``checkpoints/best`` keeps scores >= 475 when evaluated afresh from
     the checkpoint, against a random policy's ~20 on the same evaluation. (Not the last eval of
-    one trajectory: other CPUs give other trajectories, see the README's testing notes.)"""
+    one trajectory: other CPUs give other trajectories, see "What the tests claim" in the README.)"""
     from metta_rl import cli
 
     cfg = cli.to_trainer_config(cli.compose(["env=cartpole", f"seed={seed}", f"runs_dir={tmp_path}", "run=learn"]))
