@@ -248,6 +248,8 @@ def test_compute_advantages_and_ppo_loss_by_hand():
         old_values=torch.tensor([0.0, 0.0]),
         returns=torch.tensor([1.0, 3.0]),
         clip_coef=0.2,
+        vf_coef=0.5,
+        ent_coef=0.0,
     )
     assert losses.policy_loss.item() == pytest.approx(-(a0 + a1) / 2)
     assert losses.value_loss.item() == pytest.approx(0.5 * (1.0 + 9.0) / 2)

@@ -220,6 +220,8 @@ def _loss(**overrides):
         old_values=t32(OLD_V),
         returns=t32(RETURNS),
         clip_coef=0.2,
+        vf_coef=0.5,
+        ent_coef=0.0,
     )
     kwargs.update(overrides)
     return ppo_loss(**kwargs)
@@ -250,6 +252,8 @@ def test_ppo_policy_loss_pessimistic_unclipped_side():
         old_values=torch.zeros(2, dtype=F32),
         returns=torch.zeros(2, dtype=F32),
         clip_coef=0.2,
+        vf_coef=0.5,
+        ent_coef=0.0,
     )
     assert out.policy_loss.item() == pytest.approx(0.5, abs=1e-6)
 
@@ -274,13 +278,8 @@ def test_ppo_entropy_is_mean():
 
 
 def test_ppo_approx_kl_k3_estimator():
-    expected = sum(KL_TERMS) / 4  # = 0.3869067845392916 / 4 = 0.0967266961348229
-    assert expected == pytest.approx(0.0967266961348229, abs=1e-15)
-    out = _loss()
-    assert out.approx_kl.item() == pytest.approx(expected, abs=1e-6)
-    # sanity on the literals: (r - 1) - log r
-    for r, k in zip(RATIOS, KL_TERMS):
-        assert (r - 1) - math.log(r) == pytest.approx(k, abs=1e-15)
+    # sum(KL_TERMS) / 4 = 0.3869067845392916 / 4 = 0.0967266961348229
+    assert _loss().approx_kl.item() == pytest.approx(0.0967266961348229, abs=1e-6)
 
 
 def test_ppo_clip_fraction():
@@ -318,8 +317,10 @@ def test_ppo_mask_excludes_elements():
 
 def test_ppo_masked_elements_have_no_influence_even_when_extreme():
     mask = t32([1.0, 1.0, 0.0, 1.0])
-    base = _loss(mask=mask)
+    base = _loss(mask=mask, vf_coef=2.0, ent_coef=0.1)
     wild = _loss(
+        vf_coef=2.0,
+        ent_coef=0.1,
         mask=mask,
         new_logprob=torch.log(t32([1.1, 1.5, 1e6, 1.5])),
         advantages=t32([1.0, 2.0, 1e9, -1.0]),
@@ -327,8 +328,8 @@ def test_ppo_masked_elements_have_no_influence_even_when_extreme():
         new_values=t32([1.0, 2.0, 1e9, 4.0]),
         returns=t32([0.0, 2.0, -1e9, 4.5]),
     )
-    for a, b in zip(base, wild):
-        assert a.item() == pytest.approx(b.item(), abs=1e-6)
+    for name in ("loss", "policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction"):
+        assert getattr(base, name).item() == pytest.approx(getattr(wild, name).item(), abs=1e-6), name
 
 
 def test_ppo_policy_and_value_loss_carry_gradients_stats_do_not():
@@ -342,6 +343,37 @@ def test_ppo_policy_and_value_loss_carry_gradients_stats_do_not():
     assert torch.allclose(new_v.grad, t32([0.25, 0.0, -0.5, -0.125]), **TOL32)
 
 
+# The total: loss = policy_loss + vf_coef * value_loss - ent_coef * entropy.
+#   vf_coef = 2, ent_coef = 0.1:  -0.3 + 2 * 0.65625 - 0.1 * 1.25 = -0.3 + 1.3125 - 0.125 = 0.8875
+def test_ppo_total_loss_hand_computed():
+    out = _loss(vf_coef=2.0, ent_coef=0.1)
+    assert out.loss.item() == pytest.approx(0.8875, abs=1e-6)
+    # the terms are unchanged by the coefficients
+    assert out.policy_loss.item() == pytest.approx(-0.3, abs=1e-6)
+    assert out.value_loss.item() == pytest.approx(0.65625, abs=1e-6)
+    assert out.entropy.item() == pytest.approx(1.25, abs=1e-6)
+    # vf_coef = 0.5, ent_coef = 0: -0.3 + 0.328125 = 0.028125
+    assert _loss().loss.item() == pytest.approx(0.028125, abs=1e-6)
+
+
+def test_ppo_total_loss_gradients_carry_the_coefficients_and_the_entropy_bonus_sign():
+    # d loss / d entropy_i = -ent_coef / 4: more entropy lowers the loss (a bonus, not a penalty).
+    # d loss / d V_i = vf_coef * (V_i - R_i) / 4 = 2 * [1, 0, -2, -0.5] / 4
+    ent = t32(ENTROPY).requires_grad_(True)
+    new_v = t32(NEW_V).requires_grad_(True)
+    _loss(entropy=ent, new_values=new_v, vf_coef=2.0, ent_coef=0.1).loss.backward()
+    assert torch.allclose(ent.grad, torch.full((4,), -0.025), **TOL32)
+    assert torch.allclose(new_v.grad, t32([0.5, 0.0, -1.0, -0.25]), **TOL32)
+
+
+def test_ppo_entropy_may_be_omitted_only_without_entropy_bonus():
+    out = _loss(entropy=None)
+    assert out.entropy is None
+    assert out.loss.item() == pytest.approx(0.028125, abs=1e-6)  # -0.3 + 0.5 * 0.65625
+    with pytest.raises(ValueError, match="ent_coef=0.1 needs `entropy`"):
+        _loss(entropy=None, ent_coef=0.1)
+
+
 # ---------------------------------------------------------------------------------- helpers
 def test_ppo_loss_accepts_float64_inputs():
     out = ppo_loss(
@@ -353,6 +385,8 @@ def test_ppo_loss_accepts_float64_inputs():
         old_values=t64(OLD_V),
         returns=t64(RETURNS),
         clip_coef=0.2,
+        vf_coef=0.5,
+        ent_coef=0.0,
     )
     assert out.policy_loss.item() == pytest.approx(-0.3, abs=1e-10)
     assert out.clip_fraction.item() == pytest.approx(0.75, abs=1e-12)

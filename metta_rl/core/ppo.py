@@ -78,14 +78,6 @@ def normalize_advantages(advantages: torch.Tensor, mask: torch.Tensor | None = N
     return centered / (std + 1e-8)
 
 
-class PPOLosses(NamedTuple):
-    policy_loss: torch.Tensor
-    value_loss: torch.Tensor
-    entropy: torch.Tensor
-    approx_kl: torch.Tensor
-    clip_fraction: torch.Tensor
-
-
 # Each term is a mean over valid steps, written as a dot product with ``weights``
 # (``mean_weights(mask)``, computed once per minibatch): the update evaluates them 20 times
 # an epoch on small batches, where every tensor op counts.
@@ -130,36 +122,69 @@ def clip_fraction(logratio: torch.Tensor, clip_coef: float, weights: torch.Tenso
     return weighted_mean(((logratio.exp() - 1.0).abs() > clip_coef).to(weights.dtype), weights)
 
 
+class PPOLosses(NamedTuple):
+    """The PPO objective on one minibatch: ``loss`` (what the optimizer minimizes) and its terms.
+
+    ``entropy`` is None when no per-step entropy was given (allowed only with ``ent_coef == 0``).
+    ``logratio`` (detached) and ``weights`` stay with the result so the diagnostics can be read
+    when wanted: ``approx_kl`` and ``clip_fraction`` are computed on access, not on every call.
+    The update never reads them per minibatch; it stacks the log-ratios and computes both once.
+    """
+
+    loss: torch.Tensor
+    policy_loss: torch.Tensor
+    value_loss: torch.Tensor
+    entropy: torch.Tensor | None
+    logratio: torch.Tensor
+    weights: torch.Tensor
+    clip_coef: float
+
+    @property
+    def approx_kl(self) -> torch.Tensor:
+        return approx_kl(self.logratio, self.weights)
+
+    @property
+    def clip_fraction(self) -> torch.Tensor:
+        return clip_fraction(self.logratio, self.clip_coef, self.weights)
+
+
 def ppo_loss(
     *,
     new_logprob: torch.Tensor,
     old_logprob: torch.Tensor,
     advantages: torch.Tensor,
-    entropy: torch.Tensor,
     new_values: torch.Tensor,
     old_values: torch.Tensor,
     returns: torch.Tensor,
+    entropy: torch.Tensor | None = None,
     clip_coef: float,
+    vf_coef: float,
+    ent_coef: float,
     clip_vloss: bool = False,
     vf_clip_coef: float = 10.0,
     mask: torch.Tensor | None = None,
     weights: torch.Tensor | None = None,
 ) -> PPOLosses:
-    """Every term of the PPO objective on one minibatch, each a masked mean over valid steps.
+    """The PPO objective on one minibatch: ``policy_loss + vf_coef * value_loss - ent_coef * entropy``.
 
-    ``mask`` (1 = valid step) or, precomputed, ``weights = mean_weights(mask)``. The trainer
-    calls the term functions above directly, so it can batch the diagnostics per update.
+    Each term is a masked mean over valid steps: ``mask`` (1 = valid step) or, precomputed once
+    per minibatch, ``weights = mean_weights(mask)``. ``advantages`` are used as given (the update
+    normalizes them per minibatch beforehand). ``entropy`` holds the per-step entropies of the
+    new policy; with ``ent_coef == 0`` it may be None, so the caller can skip computing it, and
+    the term costs nothing. This is the loss ``TrainingManager.update`` minimizes.
     """
     if weights is None:
         weights = mean_weights(mask if mask is not None else torch.ones_like(new_logprob), new_logprob.dtype)
     logratio = new_logprob - old_logprob
-    return PPOLosses(
-        clipped_policy_loss(logratio, advantages, clip_coef, weights),
-        value_loss(new_values, old_values, returns, weights, clip_vloss=clip_vloss, vf_clip_coef=vf_clip_coef),
-        weighted_mean(entropy, weights),
-        approx_kl(logratio.detach(), weights),
-        clip_fraction(logratio.detach(), clip_coef, weights),
-    )
+    pg_loss = clipped_policy_loss(logratio, advantages, clip_coef, weights)
+    v_loss = value_loss(new_values, old_values, returns, weights, clip_vloss=clip_vloss, vf_clip_coef=vf_clip_coef)
+    loss = torch.add(pg_loss, v_loss, alpha=vf_coef)  # one op for pg + vf_coef * v
+    ent = None if entropy is None else weighted_mean(entropy, weights)
+    if ent_coef != 0:
+        if ent is None:
+            raise ValueError(f"ppo_loss: ent_coef={ent_coef} needs `entropy`, the per-step entropies of the new policy")
+        loss = torch.sub(loss, ent, alpha=ent_coef)  # the entropy bonus: - ent_coef * entropy
+    return PPOLosses(loss, pg_loss, v_loss, ent, logratio.detach(), weights, clip_coef)
 
 
 def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor | None = None) -> float:

@@ -1,7 +1,8 @@
 """TrainingManager: the PPO update over one epoch's buffer.
 
-Advantages, minibatches, update epochs and the target-KL early stop live here; the loss terms
-themselves come from :mod:`metta_rl.core.ppo`.
+Advantages, minibatches, update epochs and the target-KL early stop live here; the loss the
+update minimizes is :func:`metta_rl.core.ppo.ppo_loss`, the tested function, not a second
+assembly of its terms.
 """
 
 from __future__ import annotations
@@ -18,12 +19,11 @@ from metta_rl.core.policy import ActorCritic, entropy, log_prob
 from metta_rl.core.ppo import (
     approx_kl,
     clip_fraction,
-    clipped_policy_loss,
     compute_gae,
     explained_variance,
     mean_weights,
     normalize_advantages,
-    value_loss,
+    ppo_loss,
     weighted_mean,
 )
 from metta_rl.core.progress import TrainingProgress
@@ -100,6 +100,10 @@ class TrainingManager:
             data = {k: v.reshape(rows * T, *v.shape[2:]) for k, v in data.items()}
             units, per_mb = rows * T, self.loop.minibatch_size
 
+        coefs = dict(
+            clip_coef=ppo.clip_coef, vf_coef=ppo.vf_coef, ent_coef=ppo.ent_coef,
+            clip_vloss=ppo.clip_vloss, vf_clip_coef=ppo.vf_clip_coef,
+        )
         # Per step only what the gradient needs; diagnostics (KL, clip fraction, entropy) are
         # computed from the detached log-ratios and logits, batched once per epoch / update.
         logratios: list[torch.Tensor] = []
@@ -123,18 +127,21 @@ class TrainingManager:
                 else:
                     logits, new_values, _ = policy.forward_step(mb["obs"])
                 weights = mb["weights"]
-                logratio = log_prob(logits, mb["actions"], policy.nvec) - mb["old_logprobs"]
-                pg_loss = clipped_policy_loss(logratio, mb["advantages"], ppo.clip_coef, weights)
-                v_loss = value_loss(
-                    new_values, mb["old_values"], mb["returns"], weights,
-                    clip_vloss=ppo.clip_vloss, vf_clip_coef=ppo.vf_clip_coef,
+                out = ppo_loss(
+                    new_logprob=log_prob(logits, mb["actions"], policy.nvec),
+                    old_logprob=mb["old_logprobs"],
+                    advantages=mb["advantages"],
+                    new_values=new_values,
+                    old_values=mb["old_values"],
+                    returns=mb["returns"],
+                    # With ent_coef == 0 the entropy (a softmax over every step) is not computed.
+                    entropy=entropy(logits, policy.nvec) if ppo.ent_coef else None,
+                    weights=weights,
+                    **coefs,
                 )
-                loss = pg_loss + ppo.vf_coef * v_loss
-                if ppo.ent_coef > 0:
-                    loss = loss - ppo.ent_coef * weighted_mean(entropy(logits, policy.nvec), weights)
-                grad_norm = optim.step(loss)
-                scalars.append(torch.stack([pg_loss.detach(), v_loss.detach(), grad_norm]))
-                logratios.append(logratio.detach())
+                grad_norm = optim.step(out.loss)
+                scalars.append(torch.stack([out.policy_loss.detach(), out.value_loss.detach(), grad_norm]))
+                logratios.append(out.logratio)
                 logits_seen.append(logits.detach())
                 weights_seen.append(weights)
             # Early stop once the policy has moved too far from the one that collected the data.
