@@ -12,7 +12,6 @@ from metta_rl.config import (
     ConfigError,
     EnvConfig,
     EvaluationConfig,
-    OptimizerConfig,
     PPOConfig,
     TrainerConfig,
     TrainingLoopConfig,
@@ -196,7 +195,6 @@ def test_configs_are_closed_pydantic_models():
     for model in (TrainerConfig, PPOConfig, EnvConfig, VectorizationConfig):
         assert model.model_config["extra"] == "forbid"
         assert model.model_config["validate_assignment"] is True
-    assert OptimizerConfig().learning_rate == pytest.approx(3e-4)
 
 
 @pytest.mark.parametrize(
