@@ -60,7 +60,6 @@ class EnvironmentManager:
         render_mode: str | None = None,
     ) -> None:
         self.env_config = env
-        self.seed = seed
         num_envs = vectorization.num_envs
         creators = make_creators(
             env.kind, env.id, env.kwargs, seed=seed, stream=stream, num_envs=num_envs, render_mode=render_mode
