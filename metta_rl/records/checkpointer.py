@@ -20,7 +20,7 @@ from metta_rl.config import CheckpointConfig
 from metta_rl.core.progress import TrainingProgress, crossed, resumed_message
 from metta_rl.records import checkpoint as files
 from metta_rl.records.checkpoint import Checkpoint, CheckpointError
-from metta_rl.records.run_dir import RunRecordError
+from metta_rl.records.run_dir import RunRecordError, record_error
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +109,7 @@ class Checkpointer:
         except RunRecordError:
             raise
         except OSError as exc:
-            reason = exc.strerror or str(exc) or type(exc).__name__
-            raise RunRecordError(f"cannot write the checkpoint {path}: {reason}") from exc
+            raise record_error(path, exc, what="the checkpoint") from exc
         self.saved_epoch = epoch
         self.last = self.rollback_target = path
         return path

@@ -30,9 +30,11 @@ class RunRecordError(OSError):
     The run stops: a run whose record is incomplete is not a result. One line naming the file."""
 
 
-def _record_error(path: Path, exc: OSError) -> RunRecordError:
+def record_error(path: Path, exc: OSError, *, what: str = "the run record") -> RunRecordError:
+    """The one-line :class:`RunRecordError` for a failed write of ``path`` (run records and
+    checkpoints alike)."""
     reason = exc.strerror or str(exc) or type(exc).__name__
-    return RunRecordError(f"cannot write the run record {path}: {reason}")
+    return RunRecordError(f"cannot write {what} {path}: {reason}")
 
 
 def _jsonable(value: Any) -> Any:
@@ -84,7 +86,7 @@ class RunDirectory:
                         kept.append(line)
                 atomic_write(path, "".join(kept))
         except OSError as exc:
-            raise _record_error(path, exc) from exc
+            raise record_error(path, exc) from exc
 
     def append_metrics(self, metrics: Mapping[str, Any]) -> None:
         """One epoch's row. The Trainer writes it (not a hook, which an error would disable):
@@ -93,11 +95,11 @@ class RunDirectory:
             with open(self.metrics_path, "a") as f:
                 f.write(json.dumps(_jsonable(metrics)) + "\n")
         except OSError as exc:
-            raise _record_error(self.metrics_path, exc) from exc
+            raise record_error(self.metrics_path, exc) from exc
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         path = self.path / "summary.json"
         try:
             atomic_write(path, json.dumps(_jsonable(summary), indent=2) + "\n")
         except OSError as exc:
-            raise _record_error(path, exc) from exc
+            raise record_error(path, exc) from exc
