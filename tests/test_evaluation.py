@@ -356,6 +356,21 @@ def test_mettagrid_writes_its_own_replay(tmp_path):
     assert replay["objects"] and replay["action_names"]
 
 
+@pytest.mark.skipif(not HAVE_METTAGRID, reason="mettagrid cannot be imported")
+def test_mettagrid_replay_of_a_whole_episode_is_written_by_mettagrids_writer(tmp_path):
+    """An episode shorter than replay_max_frames ends on its own: mettagrid's ReplayLogWriter
+    writes it, and only the renamed file is left in the replay folder."""
+    mg = EnvConfig(name="mg_nav", kind="mettagrid", id="navigation", kwargs={"num_agents": 2, "max_steps": 10})
+    manager = make_manager(mg, replay=True, replay_max_frames=50, num_episodes=1, num_envs=1)
+    try:
+        result = manager.evaluate(make_policy(manager), agent_step=0, epoch=7, replay_dir=tmp_path)
+    finally:
+        manager.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch_000007.json.z"]
+    replay = read_mettagrid_replay(result.replay_path)
+    assert replay["num_agents"] == 2 and replay["max_steps"] == 10
+
+
 # ---------------------------------------------------------------------- failures
 def test_failing_env_raises_a_one_line_eval_error_and_the_next_evaluation_works():
     manager = make_manager(tasks=[CARTPOLE, FLAKY], num_episodes=2)

@@ -1,5 +1,6 @@
 """Replays of one evaluation episode: an animated GIF for envs that render RGB frames, and
-MettaGrid's own replay format (MettaScope's zlib-compressed JSON, ``.json.z``) for MettaGrid.
+MettaGrid's own replay format (MettaScope's zlib-compressed JSON, ``.json.z``, written by
+mettagrid's ``ReplayLogWriter``) for MettaGrid.
 
 Recording uses an env of its own, built exactly like evaluation env 0 of the task (same seed,
 same seed stream, same env index, so the same reset seed) but with ``render_mode="rgb_array"``.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import tempfile
 import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -155,40 +157,63 @@ def _record_gif(env: EnvironmentManager, puffer_env: Any, act: Act, max_frames: 
 
 
 def _record_mettagrid(env: EnvironmentManager, puffer_env: Any, act: Act, max_steps: int, stem: Path):
-    """MettaGrid logs its replay through a simulator event handler, attached before the reset
-    that starts the recorded episode (the handler sees every simulation the env creates)."""
-    recorder = _mettagrid_recorder()
-    puffer_env._simulator.add_event_handler(recorder)
-    # A replay holds steps, not states: max_steps states are max_steps - 1 steps.
-    _play(env, act, max_steps + 1, lambda: None)
-    if recorder.replay is None:
-        return None, "MettaGrid recorded no episode"
-    data = json.dumps(recorder.replay.get_replay_data()).encode()
+    """MettaGrid writes its replay itself: mettagrid's ``ReplayLogWriter``, a simulator event
+    handler attached before the reset that starts the recorded episode, writes the episode's
+    ``.json.z`` when it ends. It writes into a private folder beside the target, and the file
+    is then renamed into place: a replay is either complete or absent."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
     path = stem.with_name(stem.name + ".json.z")
-    atomic_write(path, zlib.compress(data))
+    with tempfile.TemporaryDirectory(dir=stem.parent, prefix=".replay-") as tmp:
+        writer = _mettagrid_writer(tmp)
+        puffer_env._simulator.add_event_handler(writer)
+        # A replay holds steps, not states: max_steps states are max_steps - 1 steps.
+        _play(env, act, max_steps + 1, lambda: None)
+        written = writer.finish()
+        if written is None:
+            return None, "MettaGrid recorded no episode"
+        os.replace(written, path)
     return path, None
 
 
-def _mettagrid_recorder() -> Any:
-    """A handler that records the first episode only (built lazily: mettagrid imports slowly)."""
-    from mettagrid.simulator.interface import SimulatorEventHandler
-    from mettagrid.simulator.replay_log_writer import EpisodeReplay
+def _mettagrid_writer(replay_dir: str) -> Any:
+    """mettagrid's ReplayLogWriter, keeping the first episode only (built lazily: mettagrid
+    imports slowly)."""
+    from mettagrid.simulator.replay_log_writer import ReplayLogWriter
 
-    class FirstEpisodeRecorder(SimulatorEventHandler):
-        def __init__(self) -> None:
-            super().__init__()
-            self.replay: EpisodeReplay | None = None
+    class FirstEpisodeWriter(ReplayLogWriter):
+        """Records the first episode the env starts; ``finish()`` returns its file, writing it
+        first if the episode was cut at ``replay_max_frames`` before it ended."""
+
+        def __init__(self, replay_dir: str) -> None:
+            super().__init__(replay_dir)
+            self._first_sim: Any = None
+
+        def _mine(self) -> bool:
+            return self._first_sim is None or self._sim is self._first_sim
 
         def on_episode_start(self) -> None:
-            if self.replay is None:
-                self.replay = EpisodeReplay(self._sim)
+            if self._first_sim is None:
+                self._first_sim = self._sim
+                super().on_episode_start()
 
         def on_step(self) -> None:
-            if self.replay is not None and self.replay.sim is self._sim:
-                c_sim = self._sim._c_sim
-                self.replay.log_step(self._sim.current_step, c_sim.actions(), c_sim.rewards())
+            if self._first_sim is not None and self._mine() and not self._episode_paths:
+                super().on_step()
 
-    return FirstEpisodeRecorder()
+        def on_episode_end(self) -> None:
+            if self._first_sim is not None and self._mine() and not self._episode_paths:
+                super().on_episode_end()
+
+        def finish(self) -> str | None:
+            if self._first_sim is None:
+                return None
+            if not self._episode_paths:  # cut before its end: write what was played
+                path = f"{self._replay_dir}/{self._episode_id}.json.z"
+                self._episode_replay.write_replay(path)
+                self._episode_paths[self._episode_id] = path
+            return next(iter(self._episode_paths.values()))
+
+    return FirstEpisodeWriter(replay_dir)
 
 
 def read_mettagrid_replay(path: str | Path) -> dict[str, Any]:
