@@ -21,8 +21,11 @@ leaves the map seed as given. Automatic resets between episodes advance ``k``: a
 episode, the same sequence of maps after every reset with ``S``.
 
 Stats: mettagrid's own ``StatsTracker`` is attached to the simulator; at the end of each
-episode its ``game`` stats and ``agent`` means (items gained, actions taken, ...) come out in
-that step's infos, which the rollout reports as ``env/game/...`` and ``env/agent/...``.
+episode its ``game`` stats and ``agent`` means (``heart.gained``, ``action.move.success``, ...)
+come out in that step's infos, which the rollout reports as ``env/game/...`` and
+``env/agent/...``. mettagrid leaves out a stat that stayed 0 in an episode; here every stat the
+env has reported before is reported again, as 0, so that the mean over episodes is not the
+mean over only those in which it happened.
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ class MettaGridEnv(MettaGridPufferEnv):
         self._stream_seed = int(seeds.for_reset(0))
         self._episode = 0
         self._episode_over = False
+        self._stat_names: dict[str, dict[str, float]] = {section: {} for section in STATS_SECTIONS}
         cfg = cfg.model_copy(deep=True)  # its map seed is set per episode
         self._seeds_map = hasattr(cfg.game.map_builder, "seed")
         simulator = _GivenMapSeed()
@@ -99,5 +103,16 @@ class MettaGridEnv(MettaGridPufferEnv):
         obs, rewards, terminals, truncations, infos = super().step(actions)
         if terminals.all() or truncations.all():  # mettagrid's own end of episode
             self._episode_over = True
-            return obs, rewards, terminals, truncations, {k: infos[k] for k in STATS_SECTIONS if k in infos}
+            return obs, rewards, terminals, truncations, self._episode_stats(infos)
         return obs, rewards, terminals, truncations, {}
+
+    def _episode_stats(self, infos: dict[str, Any]) -> dict[str, dict[str, float]]:
+        """The StatsTracker's sections we pass on, each with every stat seen so far (0 if absent)."""
+        out = {}
+        for section, seen in self._stat_names.items():
+            stats = infos.get(section)
+            if stats is None:
+                continue
+            seen.update(dict.fromkeys(stats, 0.0))
+            out[section] = {**seen, **{k: float(v) for k, v in stats.items()}}
+        return out
