@@ -133,7 +133,9 @@ class _Config(BaseModel, metaclass=_BuildsWithConfigErrors):
 # ---------------------------------------------------------------------------------- sections
 EnvKind = Literal["gym", "pettingzoo", "mettagrid"]
 ENV_KINDS: tuple[str, ...] = get_args(EnvKind)
-METTAGRID_PRESETS = ("arena", "navigation")
+# The names of metta_rl.envs.mettagrid_tasks.TASKS, kept here so that building a config
+# imports no mettagrid (a test checks that the two agree).
+METTAGRID_TASKS = ("navigation", "arena", "tiny")
 
 
 class EnvConfig(_Config):
@@ -143,8 +145,9 @@ class EnvConfig(_Config):
     (Gymnasium imports ``module``, which registers ``EnvId``), or ``module:callable`` returning
     a ``gymnasium.Env`` (called with ``kwargs``).
     ``kind=pettingzoo``: ``id`` is ``module:callable`` returning a PettingZoo ParallelEnv.
-    ``kind=mettagrid``: ``id`` is a MettaGrid preset (``arena``, ``navigation``); ``kwargs``
-    override ``game`` fields such as ``num_agents`` or ``max_steps``.
+    ``kind=mettagrid``: ``id`` is a task of ``metta_rl.envs.mettagrid_tasks`` (``navigation``,
+    ``arena``, ``tiny``) or ``module:callable`` returning a ``MettaGridConfig``; either is called
+    with ``kwargs`` (the task's parameters, such as ``num_agents`` or ``max_steps``).
 
     Whether the id can be built is checked at set-up (:func:`metta_rl.envs.checks.check_runtime`),
     not here: that imports user modules.
@@ -159,8 +162,15 @@ class EnvConfig(_Config):
 
     @model_validator(mode="after")
     def _id_fits_kind(self) -> EnvConfig:
-        if self.kind == "mettagrid" and self.id not in METTAGRID_PRESETS:
-            raise _Invalid("a MettaGrid preset, one of " + ", ".join(METTAGRID_PRESETS), field="id", value=self.id)
+        if self.kind == "mettagrid" and self.id not in METTAGRID_TASKS:
+            module, _, attr = self.id.partition(":")
+            if not module or not attr:
+                raise _Invalid(
+                    "a MettaGrid task, one of " + ", ".join(METTAGRID_TASKS)
+                    + ", or 'module:callable' returning a MettaGridConfig",
+                    field="id",
+                    value=self.id,
+                )
         if self.kind == "pettingzoo":
             module, _, attr = self.id.partition(":")
             if not module or not attr:

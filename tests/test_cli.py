@@ -176,7 +176,8 @@ def test_dotted_overrides_of_every_kind_of_field():
 
 def test_config_groups_and_their_free_form_kwargs():
     cfg = composed("env=mettagrid_navigation", "policy=lstm", "env.kwargs.num_agents=8")
-    assert cfg.env.kind == "mettagrid" and cfg.env.kwargs == {"num_agents": 8, "max_steps": 500}
+    assert cfg.env.kind == "mettagrid" and cfg.env.id == "navigation"
+    assert cfg.env.kwargs["num_agents"] == 8 and cfg.env.kwargs["max_steps"] == 200
     assert cfg.policy.lstm and cfg.policy.hidden_sizes == [64]
     assert composed("env=acrobot", "env.id=my_pkg.envs:MyEnv-v0").env.id == "my_pkg.envs:MyEnv-v0"
 

@@ -299,7 +299,8 @@ def test_to_dict_is_yaml_safe():
 # ---------------------------------------------------------------------------------- cross-field rules
 def test_eval_task_errors_name_the_task():
     assert _error({"evaluation": {"tasks": [{"name": "a"}, {"name": "b", "kind": "mettagrid", "id": "x"}]}}) == (
-        "evaluation.tasks[1].id='x' is invalid: expected a MettaGrid preset, one of arena, navigation"
+        "evaluation.tasks[1].id='x' is invalid: expected a MettaGrid task, one of navigation, arena, tiny, "
+        "or 'module:callable' returning a MettaGridConfig"
     )
     msg = _error({"evaluation": {"tasks": [{"name": "a", "idd": "CartPole-v1"}]}})
     assert msg.startswith("unknown config field 'evaluation.tasks[0].idd' (did you mean 'evaluation.tasks[0].id'?)")

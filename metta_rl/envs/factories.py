@@ -9,8 +9,6 @@ continues its own RNG on the automatic resets between episodes.
 from __future__ import annotations
 
 import ctypes
-import functools
-import importlib
 import multiprocessing
 import signal
 import sys
@@ -22,6 +20,7 @@ import pufferlib.emulation
 
 from metta_rl.config import ConfigError
 from metta_rl.envs.seeding import EnvSeeds
+from metta_rl.envs.user_code import import_user_module, one_line, resolve_callable
 
 
 def check_env_id(kind: str, env_id: str, kwargs: dict[str, Any] | None = None, *, field: str = "env.id") -> None:
@@ -30,7 +29,9 @@ def check_env_id(kind: str, env_id: str, kwargs: dict[str, Any] | None = None, *
     A runtime check (it imports user modules), run at set-up by
     :func:`metta_rl.envs.checks.check_runtime`, never when a config is built. A gym
     ``module:callable`` is called once with ``kwargs`` (and the env closed) to check that it
-    returns a ``gymnasium.Env``; a registered id or an Env class is not built."""
+    returns a ``gymnasium.Env``; a registered id or an Env class is not built. A MettaGrid
+    task or ``module:callable`` is called with ``kwargs`` to check that it returns a
+    ``MettaGridConfig`` (see :func:`metta_rl.envs.mettagrid_config.check_mettagrid_id`)."""
     if kind == "gym":
         module_name, _, name = env_id.partition(":")
         if not name:
@@ -42,7 +43,7 @@ def check_env_id(kind: str, env_id: str, kwargs: dict[str, Any] | None = None, *
                     f"'module:callable'{hint}"
                 )
             return
-        module = _import(module_name, env_id, field)
+        module = import_user_module(module_name, env_id, field)
         if name in gymnasium.registry:
             return
         target = getattr(module, name, None)
@@ -58,35 +59,18 @@ def check_env_id(kind: str, env_id: str, kwargs: dict[str, Any] | None = None, *
         except ConfigError:
             raise
         except Exception as exc:  # noqa: BLE001 - the user's callable may raise anything
-            detail = " ".join(f"{type(exc).__name__}: {exc}".split())
+            detail = one_line(exc)
             kwargs_field = field.rpartition(".")[0] + ".kwargs"
             raise ConfigError(
                 f"{field}={env_id!r} is invalid: calling it with {kwargs_field} raised {detail}"
             ) from None
         env.close()
     elif kind == "pettingzoo":
-        _resolve_callable(env_id, field=field)
-    # mettagrid: the preset is checked when the config is built (EnvConfig); nothing to import.
+        resolve_callable(env_id, field=field)
+    elif kind == "mettagrid":
+        from metta_rl.envs.mettagrid_config import check_mettagrid_id
 
-
-def _import(module_name: str, env_id: str, field: str) -> Any:
-    """Import a user's env module; any failure (missing, or raising on import) is one line."""
-    try:
-        return importlib.import_module(module_name)
-    except Exception as exc:  # noqa: BLE001 - a user module may raise anything on import
-        detail = str(exc) if isinstance(exc, ImportError) else f"{type(exc).__name__}: {exc}"
-        detail = " ".join(detail.split())
-        raise ConfigError(f"{field}={env_id!r} is invalid: cannot import {module_name!r} ({detail})") from None
-
-
-def _resolve_callable(path: str, *, field: str = "env.id", what: str = "a PettingZoo env") -> Any:
-    module_name, _, attr = path.partition(":")
-    if not module_name or not attr:
-        raise ConfigError(f"{field}={path!r} is invalid: expected 'module:callable' for {what}")
-    module = _import(module_name, path, field)
-    if not callable(getattr(module, attr, None)):
-        raise ConfigError(f"{field}={path!r} is invalid: {module_name!r} has no callable {attr!r}")
-    return getattr(module, attr)
+        check_mettagrid_id(env_id, dict(kwargs or {}), field=field)
 
 
 def _make_gym(env_id: str, kwargs: dict[str, Any], *, field: str = "env.id") -> gymnasium.Env:
@@ -98,10 +82,10 @@ def _make_gym(env_id: str, kwargs: dict[str, Any], *, field: str = "env.id") -> 
     module_name, _, name = env_id.partition(":")
     if not name:
         return gymnasium.make(env_id, **kwargs)
-    _import(module_name, env_id, field)
+    import_user_module(module_name, env_id, field)
     if name in gymnasium.registry:
         return gymnasium.make(env_id, **kwargs)
-    env = _resolve_callable(env_id, field=field, what="a Gymnasium env")(**kwargs)
+    env = resolve_callable(env_id, field=field, what="a Gymnasium env")(**kwargs)
     if not isinstance(env, gymnasium.Env):
         if callable(getattr(env, "close", None)):
             env.close()
@@ -198,49 +182,13 @@ class EnvCreator:
             env = _SeededGymReset(_make_gym(self.env_id, kwargs), seeds, label)
             return pufferlib.emulation.GymnasiumPufferEnv(env=env, buf=buf)
         if self.kind == "pettingzoo":
-            env = _SeededParallelEnv(_resolve_callable(self.env_id)(**kwargs), seeds, label)
+            env = _SeededParallelEnv(resolve_callable(self.env_id)(**kwargs), seeds, label)
             return pufferlib.emulation.PettingZooPufferEnv(env=env, buf=buf)
         if self.kind == "mettagrid":
-            return _make_mettagrid(self.env_id, kwargs, buf, seeds)
+            from metta_rl.envs.mettagrid_env import make_mettagrid_env  # mettagrid imports slowly
+
+            return make_mettagrid_env(self.env_id, kwargs, seeds=seeds, buf=buf)
         raise ConfigError(f"env.kind={self.kind!r} is invalid")
-
-
-def _make_mettagrid(preset: str, kwargs: dict[str, Any], buf: Any, seeds: EnvSeeds) -> Any:
-    from mettagrid.builder.envs import make_arena, make_navigation
-    from mettagrid.simulator import Simulator
-
-    num_agents = int(kwargs.pop("num_agents", 4))
-    max_steps = kwargs.pop("max_steps", None)
-    if kwargs:
-        raise ConfigError(f"env.kwargs has unknown MettaGrid keys {sorted(kwargs)}: expected num_agents, max_steps")
-    cfg = {"arena": make_arena, "navigation": make_navigation}[preset](num_agents=num_agents)
-    if max_steps is not None:
-        cfg.game.max_steps = int(max_steps)
-    # The time limit is a truncation (PPO bootstraps from the last observation), not the end
-    # of the task; and the map is drawn from the env's own seed, so runs are reproducible.
-    cfg.game.episode_truncates = True
-    seed = seeds.for_reset(0)
-    if hasattr(cfg.game.map_builder, "seed"):
-        cfg.game.map_builder.seed = seed
-    return _seeded_mettagrid_class()(Simulator(), cfg, buf=buf, seed=seed, seeds=seeds)
-
-
-@functools.cache
-def _seeded_mettagrid_class() -> type:
-    """Built on first use: importing mettagrid costs about a second."""
-    from mettagrid.envs.mettagrid_puffer_env import MettaGridPufferEnv
-
-    class SeededMettaGrid(MettaGridPufferEnv):
-        """Takes its own seed on explicit resets (see :mod:`metta_rl.envs.seeding`)."""
-
-        def __init__(self, *args: Any, seeds: EnvSeeds, **kwargs: Any) -> None:
-            self.seeds = seeds
-            super().__init__(*args, **kwargs)
-
-        def reset(self, seed: int | None = None):
-            return super().reset(seed=self.seeds.for_reset(seed))
-
-    return SeededMettaGrid
 
 
 def make_creators(

@@ -13,6 +13,7 @@ import pufferlib
 import pufferlib.vector
 
 from metta_rl.config import ConfigError, EnvConfig, VectorizationConfig
+from metta_rl.core.token_grid import TokenLayout
 from metta_rl.envs.factories import EnvStepError, make_creators
 from metta_rl.envs.seeding import reset_key
 
@@ -47,7 +48,9 @@ class EnvironmentManager:
 
     ``num_agents`` is every agent of every env (the rows of the experience buffer);
     ``agents_per_batch`` is how many of them one ``recv`` returns (all of them unless
-    Multiprocessing runs asynchronously with ``batch_size < num_envs``).
+    Multiprocessing runs asynchronously with ``batch_size < num_envs``). ``token_layout`` is
+    how a MettaGrid env's token observations map onto its observation window (None for other
+    envs), computed here from the config, whichever process the envs run in.
     """
 
     def __init__(
@@ -60,6 +63,11 @@ class EnvironmentManager:
         render_mode: str | None = None,
     ) -> None:
         self.env_config = env
+        self.token_layout: TokenLayout | None = None
+        if env.kind == "mettagrid":
+            from metta_rl.envs.mettagrid_config import token_layout  # mettagrid imports slowly
+
+            self.token_layout = token_layout(env)
         num_envs = vectorization.num_envs
         creators = make_creators(
             env.kind, env.id, env.kwargs, seed=seed, stream=stream, num_envs=num_envs, render_mode=render_mode
