@@ -206,10 +206,10 @@ class PolicyConfig(_Config):
     shared_trunk: bool = False
     lstm: bool = False
     lstm_hidden_size: Int = Field(128, ge=1)
-    cnn_channels: _PositiveInts = Field(default_factory=lambda: [32, 64], min_length=1)
-    cnn_kernels: _PositiveInts = Field(default_factory=lambda: [3, 3], min_length=1)
-    cnn_strides: _PositiveInts = Field(default_factory=lambda: [1, 2], min_length=1)
-    fc_size: Int = Field(128, ge=1)
+    cnn_channels: _PositiveInts = Field(default_factory=lambda: [32, 32], min_length=1)
+    cnn_kernels: _PositiveInts = Field(default_factory=lambda: [5, 3], min_length=1)
+    cnn_strides: _PositiveInts = Field(default_factory=lambda: [3, 1], min_length=1)
+    fc_size: Int = Field(64, ge=1)
 
     @model_validator(mode="after")
     def _one_kernel_and_stride_per_conv(self) -> PolicyConfig:

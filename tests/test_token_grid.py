@@ -6,6 +6,8 @@ channel."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -23,7 +25,9 @@ FEATURES = (
     (12, "inv:heart", 256.0),
     (13, "inv:heart:p1", 256.0),
     (14, "protocol_input:heart", 100.0),
-    (20, "my_value", 50.0),  # a named global game value: unknown kind, so grid and global
+    (20, "my_value", 50.0),  # an unknown kind of feature: grid and global
+    (21, "score", 256.0),  # a named game value (global_obs.obs): an amount with a digit,
+    (22, "score:p1", 256.0),  # and of unknown kind
 )
 LAYOUT = TokenLayout(height=13, width=13, features=FEATURES)
 
@@ -52,8 +56,11 @@ def slot(scatter: TokenScatter, name: str) -> int:
 
 def test_plan_keeps_features_that_can_appear_and_folds_digits():
     plan = plan_channels(LAYOUT)
-    assert plan.channels == (OCCUPIED, "agent:group", "tag", "agent_id", "inv:heart", "my_value")
-    assert plan.globals == ("episode_completion_pct", "last_action", "last_reward", "my_value")
+    # amounts (inventories) last: they are one slice to compress
+    assert plan.channels == (OCCUPIED, "agent:group", "tag", "agent_id", "my_value", "inv:heart", "score")
+    assert plan.first_amount_channel == 5
+    assert plan.globals == ("episode_completion_pct", "last_action", "last_reward", "my_value", "score")
+    assert plan.first_amount_global == 4
     assert plan.grid_channel[13] == plan.grid_channel[12]  # inv:heart:p1 adds to inv:heart
     assert 4 not in plan.scale and 14 not in plan.scale  # goal, protocol_input: never emitted
 
@@ -65,23 +72,25 @@ def test_tokens_land_in_their_cell_and_channel_scaled(scatter):
         [0x66, 11, 51],      # agent_id 51
         [0x2C, 12, 44],      # inv:heart 44 at row 2, col 12
         [0x2C, 13, 1],       #   + digit p1 = 1: 44 + 256 hearts
+        [0x13, 12, 1],       # one heart at row 1, col 3
         [0xC0, 0, 5],        # agent:group 5 at row 12, col 0
     ]))
-    assert grid.shape == (1, 6, 13, 13) and glob.shape == (1, 4)
-    expected = torch.zeros(6, 13, 13)
+    assert grid.shape == (1, 7, 13, 13) and glob.shape == (1, 5)
+    expected = torch.zeros(7, 13, 13)
     expected[ch(scatter, "tag"), 6, 6] = 0.1
     expected[ch(scatter, "agent_id"), 6, 6] = 51 / 255
-    expected[ch(scatter, "inv:heart"), 2, 12] = 300 / 256
+    expected[ch(scatter, "inv:heart"), 2, 12] = math.log(1 + 300)  # an amount: log(1 + count)
+    expected[ch(scatter, "inv:heart"), 1, 3] = math.log(2)
     expected[ch(scatter, "agent:group"), 12, 0] = 0.5
-    for r, c in [(6, 6), (2, 12), (12, 0)]:
+    for r, c in [(6, 6), (2, 12), (1, 3), (12, 0)]:
         expected[0, r, c] = 1.0
     assert torch.allclose(grid[0], expected)
-    assert torch.allclose(glob[0], torch.tensor([0.0, 0.3, 0.0, 0.0]))
+    assert torch.allclose(glob[0], torch.tensor([0.0, 0.3, 0.0, 0.0, 0.0]))
 
 
 def test_globals_go_to_the_vector_only_and_unknown_kinds_to_both(scatter):
-    grid, glob = scatter(obs([[0xFE, 1, 51], [0xFE, 3, 7], [0xFE, 20, 25], [0x00, 20, 10]]))
-    assert glob[0].tolist() == pytest.approx([0.2, 0.0, 0.07, 0.5])
+    grid, glob = scatter(obs([[0xFE, 1, 51], [0xFE, 3, 7], [0xFE, 20, 25], [0x00, 20, 10], [0xFE, 21, 3], [0xFE, 22, 1]]))
+    assert glob[0].tolist() == pytest.approx([0.2, 0.0, 0.07, 0.5, math.log(1 + 259)])
     # my_value as a global fills its slot, at cell (0, 0) its channel; nothing else is on the grid
     assert grid[0, ch(scatter, "my_value")].sum() == pytest.approx(0.2) and grid[0, ch(scatter, "my_value"), 0, 0] == pytest.approx(0.2)
     assert grid[0].sum() == pytest.approx(1.2)  # + occupied at (0, 0)
@@ -104,7 +113,7 @@ def test_empty_unknown_dropped_and_out_of_window_tokens_are_ignored(scatter):
 
 def test_all_padding_gives_zeros(scatter):
     grid, glob = scatter(obs([], []))
-    assert grid.shape == (2, 6, 13, 13) and glob.shape == (2, 4)
+    assert grid.shape == (2, 7, 13, 13) and glob.shape == (2, 5)
     assert grid.abs().sum() == 0 and glob.abs().sum() == 0
     assert used_tokens(obs([], [])) == 0
 
@@ -138,13 +147,15 @@ def reference(layout: TokenLayout, tokens: torch.Tensor) -> tuple[torch.Tensor, 
                 grid[b, 0, r, c] = 1.0
                 if fid in plan.grid_channel:
                     grid[b, plan.grid_channel[fid], r, c] += value * plan.scale[fid]
+    grid[:, plan.first_amount_channel :] = grid[:, plan.first_amount_channel :].log1p()
+    glob[:, plan.first_amount_global :] = glob[:, plan.first_amount_global :].log1p()
     return grid.float(), glob.float()
 
 
 def test_random_tokens_match_a_per_token_reference(scatter):
     g = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, 256, (16, 40, 3), dtype=torch.uint8, generator=g)
-    tokens[..., 1] = torch.tensor([f[0] for f in FEATURES] + [200])[torch.randint(0, 12, (16, 40), generator=g)].to(torch.uint8)
+    tokens[..., 1] = torch.tensor([f[0] for f in FEATURES] + [200])[torch.randint(0, len(FEATURES) + 1, (16, 40), generator=g)].to(torch.uint8)
     tokens[:, ::5, 0] = 0xFE
     tokens[:, 30:] = 255
     tokens[3, 10:] = 255
@@ -176,6 +187,7 @@ def test_mettagrid_arena_declares_52_features_of_which_15_channels_and_7_globals
     plan = plan_channels(layout)
     assert len(layout.features) == 52
     assert plan.channels[:5] == (OCCUPIED, "agent:group", "vibe", "tag", "agent_id") and len(plan.channels) == 15
+    assert plan.first_amount_channel == 5
     assert all(name.startswith("inv:") and ":p" not in name for name in plan.channels[5:])
     assert plan.globals == ("episode_completion_pct", "last_action", "last_reward", "lp:east", "lp:west", "lp:north", "lp:south")
 

@@ -22,19 +22,23 @@ function of the env config), by what its C++ emits where:
   ``protocol_input:*`` / ``protocol_output:*`` (no 0.26 object has protocols): no channel;
 - any other name (a named game value of ``global_obs.obs``, a future feature): both a
   channel and a global slot, so no feature that can appear is ever lost;
-- ``<name>:p<k>`` (the k-th base-``B`` digit of a multi-token value, e.g. an inventory of
+- ``<name>:p<k>`` (the k-th base-``B`` digit of a multi-token amount, e.g. an inventory of
   256 or more): no channel of its own; it adds ``value * B**k`` to ``<name>``'s channel, so
-  the channel holds the whole amount divided by ``<name>``'s normalization. ``B`` is the
-  digit token's normalization (mettagrid declares every digit of a multi-token feature with
-  normalization ``token_value_base``).
+  the channel holds the whole count. ``B`` is the digit token's normalization (mettagrid
+  declares every digit of a multi-token feature with normalization ``token_value_base``).
 
-Every other value is divided by its feature's normalization. Channel 0, ``occupied``, is
-1 on every cell that has any token: categorical features with value 0 (the first tag, group
-0, agent id 0) would otherwise scale to nothing and make their object invisible.
+Values: an *amount* (``inv:*`` and any feature with ``:p<k>`` digits: inventories, named game
+values) becomes ``log(1 + count)``; every other value is divided by its feature's
+normalization. mettagrid declares an amount's normalization as the digit base (256), which
+would make one heart 0.004: on navigation (seed 0, 320k steps, lr 1e-3) the policy reached a
+training return of 3.1 with count / 256, 5.1 with the count and 5.5 with log(1 + count) (random
+policy: 1.7). The log keeps large inventories (arena) near the scale of the other channels. Channel 0, ``occupied``, is 1 on every cell that has
+any token: categorical features with value 0 (the first tag, group 0, agent id 0) would
+otherwise scale to nothing and make their object invisible.
 
-Several tokens of one channel at one cell *add up*: that is what makes the digits of a
-multi-token value one amount; an object with several tags shows the sum of their tag ids
-(a one-hot of tags would need the tag list, which the layout does not carry). Tokens of
+Several tokens of one channel at one cell *add up* (before the log): that is what makes the
+digits of a multi-token value one amount; an object with several tags shows the sum of their
+tag ids (a one-hot of tags would need the tag list, which the layout does not carry). Tokens of
 unknown feature ids (not in the layout, or dropped) and tokens outside the window are
 ignored, never an error.
 """
@@ -72,13 +76,18 @@ _DIGIT = re.compile(r"^(?P<base>.+):p(?P<power>[1-9][0-9]*)$")
 
 @dataclass(frozen=True)
 class ChannelPlan:
-    """Where each feature id goes: grid channel and/or global slot, and its value scale."""
+    """Where each feature id goes: grid channel and/or global slot, and its value scale.
+
+    Channels (and slots) are ordered: ``occupied``, the other features by id, then the amounts
+    by id, so the amounts (``first_amount`` on) are one slice to compress."""
 
     channels: tuple[str, ...]  # grid channel names; channels[0] == OCCUPIED
     globals: tuple[str, ...]  # global slot names
     grid_channel: dict[int, int]  # feature id -> channel (absent: not on the grid)
     global_slot: dict[int, int]  # feature id -> slot (absent: not in the global vector)
     scale: dict[int, float]  # feature id -> multiplier of the token's value
+    first_amount_channel: int  # channels[first_amount_channel:] are amounts (log1p of the count)
+    first_amount_global: int  # likewise for globals
 
 
 def _where(name: str) -> tuple[bool, bool]:
@@ -93,7 +102,7 @@ def _where(name: str) -> tuple[bool, bool]:
 
 
 def plan_channels(layout: TokenLayout) -> ChannelPlan:
-    """The deterministic feature -> channel/slot mapping of a layout (ordered by feature id)."""
+    """The deterministic feature -> channel/slot mapping of a layout."""
     if not (1 <= layout.height <= MAX_WINDOW and 1 <= layout.width <= MAX_WINDOW):
         raise ValueError(f"token layout window {layout.height}x{layout.width} is invalid: expected 1-{MAX_WINDOW} cells a side")
     by_name: dict[str, tuple[int, float]] = {}
@@ -103,34 +112,52 @@ def plan_channels(layout: TokenLayout) -> ChannelPlan:
         if not norm > 0:
             raise ValueError(f"token layout feature {name!r} has normalization {norm}: expected > 0")
         by_name[name] = (int(fid), float(norm))
+    digits = []  # (feature id, base name, power, digit base)
+    for fid, name, norm in layout.features:
+        digit = _DIGIT.match(name)
+        if digit and digit["base"] in by_name:
+            digits.append((int(fid), digit["base"], int(digit["power"]), float(norm)))
+    digit_ids = {fid for fid, _, _, _ in digits}
+    amounts = {base for _, base, _, _ in digits}
+    amounts |= {name for name, (fid, _) in by_name.items() if name.startswith("inv:") and fid not in digit_ids}
+    features = sorted(((fid, name) for name, (fid, _) in by_name.items() if fid not in digit_ids), key=lambda f: f[0])
+    ordered = [f for f in features if f[1] not in amounts] + [f for f in features if f[1] in amounts]
+
     channels, globals_ = [OCCUPIED], []
     grid_channel: dict[int, int] = {}
     global_slot: dict[int, int] = {}
     scale: dict[int, float] = {}
-    digits = []
-    for fid, name, norm in sorted(layout.features, key=lambda f: int(f[0])):
-        digit = _DIGIT.match(name)
-        if digit and digit["base"] in by_name:
-            digits.append((int(fid), digit["base"], int(digit["power"]), float(norm)))
-            continue
+    first_amount_channel = first_amount_global = None
+    for fid, name in ordered:
+        if name in amounts:
+            first_amount_channel = len(channels) if first_amount_channel is None else first_amount_channel
+            first_amount_global = len(globals_) if first_amount_global is None else first_amount_global
         grid, glob = _where(name)
         if grid:
-            grid_channel[int(fid)] = len(channels)
+            grid_channel[fid] = len(channels)
             channels.append(name)
         if glob:
-            global_slot[int(fid)] = len(globals_)
+            global_slot[fid] = len(globals_)
             globals_.append(name)
         if grid or glob:
-            scale[int(fid)] = 1.0 / float(norm)
-    for fid, base, power, token_base in digits:
-        base_id, base_norm = by_name[base]
+            scale[fid] = 1.0 if name in amounts else 1.0 / by_name[name][1]
+    for fid, base, power, digit_base in digits:
+        base_id = by_name[base][0]
         if base_id in grid_channel:
             grid_channel[fid] = grid_channel[base_id]
         if base_id in global_slot:
             global_slot[fid] = global_slot[base_id]
         if base_id in scale:
-            scale[fid] = token_base**power / base_norm
-    return ChannelPlan(tuple(channels), tuple(globals_), grid_channel, global_slot, scale)
+            scale[fid] = digit_base**power
+    return ChannelPlan(
+        tuple(channels),
+        tuple(globals_),
+        grid_channel,
+        global_slot,
+        scale,
+        len(channels) if first_amount_channel is None else first_amount_channel,
+        len(globals_) if first_amount_global is None else first_amount_global,
+    )
 
 
 class TokenScatter(nn.Module):
@@ -192,8 +219,13 @@ class TokenScatter(nn.Module):
         grid.index_add_(0, torch.where(offset >= 0, offset + row_base, dump).view(-1), values.view(-1))
         globals_ = torch.zeros(batch, self.num_globals + 1, dtype=torch.float32, device=device)
         globals_.scatter_add_(1, self.global_index[key], values)
-        grid = grid[:dump].view(batch, self.height, self.width, self.num_channels).permute(0, 3, 1, 2)
-        return grid, globals_[:, : self.num_globals]
+        grid = grid[:dump].view(batch, self.height, self.width, self.num_channels)
+        globals_ = globals_[:, : self.num_globals]
+        if self.plan.first_amount_channel < self.num_channels:
+            grid[..., self.plan.first_amount_channel :].log1p_()
+        if self.plan.first_amount_global < self.num_globals:
+            globals_[:, self.plan.first_amount_global :].log1p_()
+        return grid.permute(0, 3, 1, 2), globals_
 
 
 def used_tokens(tokens: torch.Tensor) -> int:
