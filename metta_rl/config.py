@@ -181,16 +181,48 @@ class EnvConfig(_Config):
 _EnvList = _list(EnvConfig)
 
 
+PolicyKind = Literal["auto", "mlp", "mettagrid", "token"]
+POLICY_KINDS: tuple[str, ...] = get_args(PolicyKind)
+
+
 class PolicyConfig(_Config):
-    """Actor-critic network. MLP encoder (orthogonal init), optional LSTM core."""
+    """Actor-critic network (orthogonal init).
+
+    ``kind``: ``mlp`` flattens the observation into an MLP (``hidden_sizes``, ``activation``,
+    ``shared_trunk``), with an LSTM core when ``lstm``; ``mettagrid`` scatters MettaGrid tokens
+    into a grid for a CNN (``cnn_channels``, ``cnn_kernels``, ``cnn_strides``, then ``fc_size``)
+    plus an encoder of the agent's own cell and the global tokens, and always has an LSTM core;
+    ``token`` is mettagrid's feed-forward TokenPolicyNet (its own fixed sizes), for comparison;
+    ``auto`` is ``mettagrid`` for ``env.kind=mettagrid`` and ``mlp`` otherwise.
+    ``lstm_hidden_size`` sizes the LSTM core of both ``mlp`` and ``mettagrid``.
+    Whether the env has token observations is checked at set-up.
+    """
 
     section: ClassVar[str] = "policy"
 
+    kind: PolicyKind = "auto"
     hidden_sizes: _PositiveInts = Field(default_factory=lambda: [64, 64], min_length=1)
     activation: Literal["tanh", "relu", "gelu"] = "tanh"
     shared_trunk: bool = False
     lstm: bool = False
     lstm_hidden_size: Int = Field(128, ge=1)
+    cnn_channels: _PositiveInts = Field(default_factory=lambda: [32, 32], min_length=1)
+    cnn_kernels: _PositiveInts = Field(default_factory=lambda: [5, 3], min_length=1)
+    cnn_strides: _PositiveInts = Field(default_factory=lambda: [3, 1], min_length=1)
+    fc_size: Int = Field(64, ge=1)
+
+    @model_validator(mode="after")
+    def _one_kernel_and_stride_per_conv(self) -> PolicyConfig:
+        layers = len(self.cnn_channels)
+        for name in ("cnn_kernels", "cnn_strides"):
+            value = getattr(self, name)
+            if len(value) != layers:
+                raise _Invalid(
+                    f"one entry per conv layer ({layers}, as {{p}}cnn_channels={self.cnn_channels})",
+                    field=name,
+                    value=value,
+                )
+        return self
 
 
 class PPOConfig(_Config):

@@ -39,7 +39,8 @@ from metta_rl.managers.evaluation import EvalResult, EvaluationManager
 from metta_rl.managers.guard import NonFiniteGuard, TrainingError
 from metta_rl.hooks import EpochReport, Hook, HookList, hook_from_spec
 from metta_rl.managers.optimizer import OptimizerManager
-from metta_rl.core.policy import ActorCritic
+from metta_rl.core.policy import Policy
+from metta_rl.core.policy_factory import make_policy
 from metta_rl.core.progress import TrainingProgress, steps_per_second
 from metta_rl.managers.rollout import RolloutManager
 from metta_rl.records.checkpointer import Checkpointer
@@ -94,7 +95,7 @@ class Trainer:
         self._user_hooks = [hook_from_spec(spec, i) for i, spec in enumerate(self.config.hooks)] + list(hooks)
         self._console = console
         self.progress = TrainingProgress(total_timesteps=step_budget(self.config))
-        self.policy: ActorCritic | None = None
+        self.policy: Policy | None = None
         self.env: EnvironmentManager | None = None
         self.evaluator: EvaluationManager | None = None
         self.last_metrics: dict[str, float] = {}
@@ -123,13 +124,14 @@ class Trainer:
         try:
             self.env = EnvironmentManager(env=cfg.env, vectorization=cfg.vectorization, seed=cfg.seed)
             horizon = self.env.horizon(cfg.trainer.batch_size)
-            self.policy = ActorCritic(
-                obs_space=self.env.observation_space, action_space=self.env.action_space, config=cfg.policy
+            self.policy = make_policy(
+                obs_space=self.env.observation_space, action_space=self.env.action_space, config=cfg.policy,
+                token_layout=self.env.token_layout, env_kind=cfg.env.kind,
             ).to(self.device)
             self.optimizer = OptimizerManager(policy=self.policy, config=cfg.optimizer)
             self.rollout = RolloutManager(env=self.env, policy=self.policy, horizon=horizon, device=self.device)
             self.training = TrainingManager(
-                ppo=cfg.ppo, loop=cfg.trainer, horizon=horizon, recurrent=cfg.policy.lstm, device=self.device, seed=cfg.seed
+                ppo=cfg.ppo, loop=cfg.trainer, horizon=horizon, recurrent=self.policy.is_recurrent, device=self.device, seed=cfg.seed
             )
             self.stats = StatsManager()
             if cfg.evaluation.enabled:

@@ -145,7 +145,7 @@ def test_schema_node_is_every_field_of_the_model_with_its_default():
 def test_plain_composition_is_the_cartpole_group_over_the_defaults():
     cfg = composed()
     assert cfg.env.id == "CartPole-v1" and cfg.trainer.update_epochs == 20  # configs/env/cartpole.yaml
-    assert cfg.policy.hidden_sizes == [64, 64] and not cfg.policy.lstm  # configs/policy/mlp.yaml
+    assert cfg.policy.hidden_sizes == [64, 64] and not cfg.policy.lstm  # configs/policy/auto.yaml
     assert cfg.run.startswith("cartpole-s0-")
 
 

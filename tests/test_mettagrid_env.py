@@ -23,7 +23,9 @@ pytest.importorskip("mettagrid")
 
 from mettagrid.map_builder.ascii import AsciiMapBuilder  # noqa: E402
 
+from metta_rl.envs.mettagrid_env import make_mettagrid_env  # noqa: E402
 from metta_rl.envs.mettagrid_tasks import tiny  # noqa: E402
+from metta_rl.envs.seeding import EnvSeeds  # noqa: E402
 
 torch.set_num_threads(1)
 MAX_STEPS = 10
@@ -152,6 +154,22 @@ def test_episode_stats_arrive_in_infos_once_per_episode():
     assert info["agent"]["heart.gained"] == MAX_STEPS  # the mean over the env's agents
     assert info["agent"]["action.move.success"] == MAX_STEPS  # moving into a source counts as a move
     assert all(isinstance(v, float) for section in info.values() for v in section.values())
+
+
+def test_a_stat_that_stayed_zero_is_reported_as_zero():
+    env = make_mettagrid_env(CAMPING.id, {}, seeds=EnvSeeds(0, 0, 0))
+    stats = []
+    try:
+        env.reset(seed=0)
+        for action in (3, 0):  # an episode into the sources, then one standing still
+            for _ in range(MAX_STEPS):
+                infos = env.step(np.full(2, action, dtype=np.int32))[-1]
+            stats.append(infos["agent"])
+            env.step(np.zeros(2, dtype=np.int32))  # starts the next episode
+    finally:
+        env.close()
+    assert stats[0]["heart.gained"] == MAX_STEPS and stats[1]["heart.gained"] == 0.0
+    assert stats[1]["action.noop.success"] == MAX_STEPS
 
 
 def test_mettagrid_stats_are_run_metrics(tmp_path):

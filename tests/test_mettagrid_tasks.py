@@ -29,7 +29,9 @@ USER_MODULE = '''
 from metta_rl.envs.mettagrid_tasks import tiny
 
 def make(size=7, agents=1):
-    return tiny(num_agents=agents, width=size, height=size, max_steps=12)
+    cfg = tiny(num_agents=agents, width=size, height=size, max_steps=12)
+    cfg.game.episode_truncates = False  # mettagrid's default: the time limit a terminal
+    return cfg
 
 def make_not_a_config():
     return {"game": {}}
@@ -138,11 +140,11 @@ def test_user_module_that_cannot_be_imported():
 
 
 def test_user_callable_in_multiprocessing_workers(user_module):
+    # Each worker builds its envs from the id and kwargs (the creators carry no config).
     vec = VectorizationConfig(backend="multiprocessing", num_envs=2, num_workers=2)
     m = EnvironmentManager(env=mg(f"{user_module}:make", agents=2), vectorization=vec, seed=0)
     try:
-        assert m.num_agents == 4
-        assert m.token_layout is not None and (m.token_layout.height, m.token_layout.width) == (13, 13)
+        assert m.num_agents == 4 and len(m.vecenv.processes) == 2
         m.reset()
         for _ in range(14):  # past the end of a 12-step episode
             batch = m.recv()
@@ -156,6 +158,11 @@ def test_user_callable_in_multiprocessing_workers(user_module):
 def test_token_layout_lists_the_configs_features():
     layout = token_layout(mg("tiny"))
     assert (layout.height, layout.width) == (13, 13)
+    vec = VectorizationConfig(num_envs=1)
+    for env, expected in ((mg("tiny"), layout), (EnvConfig(), None)):
+        m = EnvironmentManager(env=env, vectorization=vec, seed=0)
+        m.close()
+        assert m.token_layout == expected
     names = {name for _, name, _ in layout.features}
     assert {"inv:heart", "tag", "last_reward"} <= names
     ids = [i for i, _, _ in layout.features]

@@ -29,7 +29,8 @@ import torch  # noqa: E402
 from metta_rl import cli  # noqa: E402
 from metta_rl.config import TrainerConfig  # noqa: E402
 from metta_rl.managers.environment import EnvironmentManager  # noqa: E402
-from metta_rl.core.policy import ActorCritic, action_nvec, sample_actions  # noqa: E402
+from metta_rl.core.policy import action_nvec, sample_actions  # noqa: E402
+from metta_rl.core.policy_factory import make_policy  # noqa: E402
 from metta_rl.core.progress import steps_per_second  # noqa: E402
 from metta_rl.trainer import Trainer  # noqa: E402
 
@@ -62,9 +63,13 @@ def bench_inference(config: TrainerConfig, seconds: float) -> float:
     try:
         env.reset()
         obs = torch.from_numpy(np.array(env.recv().obs))
-        policy = ActorCritic(obs_space=env.observation_space, action_space=env.action_space, config=config.policy)
+        policy = make_policy(
+            obs_space=env.observation_space, action_space=env.action_space, config=config.policy,
+            token_layout=env.token_layout, env_kind=config.env.kind,
+        )
     finally:
         env.close()
+    policy.eval()  # as the rollout runs it
     state = policy.initial_state(obs.shape[0])
     first = torch.zeros(obs.shape[0]) if state is not None else None
     steps, calls = 0, 0

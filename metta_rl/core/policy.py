@@ -1,6 +1,13 @@
-"""Actor-critic policies for flat observations: an MLP, optionally with an LSTM core.
+"""The policy interface the managers use (:class:`Policy`), and the MLP actor-critic.
 
-Observations of any Box shape are flattened; uint8 observations (MettaGrid tokens, pixels)
+:class:`Policy` holds what every policy shares: the LSTM core stepped with episode resets,
+sequence replay for training, and the heads. :class:`ActorCritic` is an MLP over flattened
+observations, optionally with the LSTM core; the MettaGrid policy
+(:mod:`metta_rl.core.mettagrid_policy`) and mettagrid's TokenPolicyNet adapter
+(:mod:`metta_rl.core.token_policy`) are the others, built by
+:func:`metta_rl.core.policy_factory.make_policy`.
+
+ActorCritic: observations of any Box shape are flattened; uint8 observations (MettaGrid tokens, pixels)
 are scaled to [0, 1]. Actions are one or more categorical heads: ``Discrete(n)`` is one head
 of ``n``, ``MultiDiscrete(nvec)`` one head per entry. Actions are always carried as int64
 tensors of shape ``[batch, heads]``.
@@ -39,7 +46,8 @@ def action_nvec(space: gymnasium.Space) -> list[int]:
     )
 
 
-def _layer(in_size: int, out_size: int, gain: float) -> nn.Linear:
+def layer(in_size: int, out_size: int, gain: float) -> nn.Linear:
+    """A linear layer with orthogonal weights of ``gain`` and zero bias."""
     layer = nn.Linear(in_size, out_size)
     nn.init.orthogonal_(layer.weight, gain)
     nn.init.zeros_(layer.bias)
@@ -49,12 +57,100 @@ def _layer(in_size: int, out_size: int, gain: float) -> nn.Linear:
 def _mlp(in_size: int, sizes: list[int], activation: str) -> nn.Sequential:
     layers: list[nn.Module] = []
     for size in sizes:
-        layers += [_layer(in_size, size, math.sqrt(2)), _ACTIVATIONS[activation]()]
+        layers += [layer(in_size, size, math.sqrt(2)), _ACTIVATIONS[activation]()]
         in_size = size
     return nn.Sequential(*layers)
 
 
-class ActorCritic(nn.Module):
+class Policy(nn.Module):
+    """What the managers use of a policy: batched steps, sequence replay, the recurrent state.
+
+    - ``obs_shape``, ``nvec`` (choices per action head), ``is_recurrent``;
+    - ``lstm``: the LSTM core (``nn.LSTMCell``, or ``nn.LSTM`` with ``core_step`` and
+      ``core_sequence`` overridden) or None; its ``hidden_size`` sizes the buffer's saved states;
+    - ``initial_state(batch, device)``: zero ``(h, c)`` or None;
+    - ``forward_step(obs, state, first)``: ``(logits, value, new_state)``;
+    - ``forward_sequence(obs [rows, T, ...], state, first)``: ``(logits, values)``.
+
+    A subclass gives ``encode`` (observations -> the core's input) and the heads ``actor`` and
+    ``critic``, or overrides ``forward_step`` (a feed-forward policy needs nothing else).
+    """
+
+    obs_shape: tuple[int, ...]
+    nvec: list[int]
+    is_recurrent: bool
+    lstm: nn.LSTMCell | nn.LSTM | None
+
+    def encode(self, obs: torch.Tensor) -> torch.Tensor:
+        """``[batch, *obs_shape]`` observations -> ``[batch, features]``, the core's input."""
+        raise NotImplementedError
+
+    def initial_state(self, batch: int, device: torch.device | str = "cpu") -> LSTMState | None:
+        if self.lstm is None:
+            return None
+        size = self.lstm.hidden_size
+        return torch.zeros(batch, size, device=device), torch.zeros(batch, size, device=device)
+
+    def forward_step(
+        self, obs: torch.Tensor, state: LSTMState | None = None, first: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, LSTMState | None]:
+        """One step for a batch of agents: ``(logits, value, new_state)``.
+
+        ``first`` (float, 1 where an episode starts) zeroes the recurrent state of those agents
+        before the step, so memory never crosses an episode boundary.
+        """
+        hidden = self.encode(obs)
+        if self.lstm is not None:
+            assert state is not None
+            h, c = state
+            if first is not None:
+                keep = (1.0 - first).unsqueeze(-1)
+                h, c = h * keep, c * keep
+            h, c = self.core_step(hidden, (h, c))
+            hidden, state = h, (h, c)
+        return self.actor(hidden), self.critic(hidden).squeeze(-1), state
+
+    def forward_sequence(
+        self, obs: torch.Tensor, state: LSTMState | None, first: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and values for ``[rows, T, ...]`` observations, replaying the recurrent state
+        from ``state`` (the state before column 0) with resets where ``first`` is 1."""
+        rows, steps = obs.shape[:2]
+        if self.lstm is None:
+            logits, values, _ = self.forward_step(obs.reshape(rows * steps, *obs.shape[2:]))
+            return logits.view(rows, steps, -1), values.view(rows, steps)
+        assert state is not None
+        hidden = self.encode(obs.reshape(rows * steps, *obs.shape[2:])).view(rows, steps, -1)
+        core = self.core_sequence(hidden, state, first)
+        return self.actor(core), self.critic(core).squeeze(-1)
+
+    def core_step(self, x: torch.Tensor, state: LSTMState) -> LSTMState:
+        """One LSTM step from ``state`` (already reset where episodes start): ``(h, c)``."""
+        return self.lstm(x, state)
+
+    def core_sequence(self, x: torch.Tensor, state: LSTMState, first: torch.Tensor) -> torch.Tensor:
+        """LSTM outputs ``[rows, T, hidden]`` for inputs ``[rows, T, features]`` from ``state``,
+        zeroing the state of a row before each step where ``first`` is 1."""
+        h, c = state
+        outs = []
+        for t in range(x.shape[1]):
+            keep = (1.0 - first[:, t]).unsqueeze(-1)
+            h, c = self.core_step(x[:, t], (h * keep, c * keep))
+            outs.append(h)
+        return torch.stack(outs, dim=1)
+
+
+def init_lstm(lstm: nn.LSTMCell) -> nn.LSTMCell:
+    """Orthogonal weights (gain 1) and zero biases, as the PPO implementation details."""
+    for name, param in lstm.named_parameters():
+        if "weight" in name:
+            nn.init.orthogonal_(param, 1.0)
+        else:
+            nn.init.zeros_(param)
+    return lstm
+
+
+class ActorCritic(Policy):
     """Categorical actor and scalar critic over flattened observations."""
 
     def __init__(self, *, obs_space: gymnasium.spaces.Box, action_space: gymnasium.Space, config: PolicyConfig):
@@ -74,17 +170,12 @@ class ActorCritic(nn.Module):
         self.encoder = None if separate else _mlp(self.obs_size, hidden, config.activation)
         core_size = hidden[-1]
         if config.lstm:
-            self.lstm = nn.LSTMCell(core_size, config.lstm_hidden_size)
-            for name, param in self.lstm.named_parameters():
-                if "weight" in name:
-                    nn.init.orthogonal_(param, 1.0)
-                else:
-                    nn.init.zeros_(param)
+            self.lstm = init_lstm(nn.LSTMCell(core_size, config.lstm_hidden_size))
             core_size = config.lstm_hidden_size
         else:
             self.lstm = None
-        self.actor = _layer(core_size, sum(self.nvec), 0.01)
-        self.critic = _layer(core_size, 1, 1.0)
+        self.actor = layer(core_size, sum(self.nvec), 0.01)
+        self.critic = layer(core_size, 1, 1.0)
 
     # ------------------------------------------------------------------ features
     def _flat(self, obs: torch.Tensor) -> torch.Tensor:
@@ -93,56 +184,18 @@ class ActorCritic(nn.Module):
             return x.float() * self.obs_scale
         return x if x.dtype == torch.float32 else x.float()
 
-    def initial_state(self, batch: int, device: torch.device | str = "cpu") -> LSTMState | None:
-        if self.lstm is None:
-            return None
-        size = self.lstm.hidden_size
-        return torch.zeros(batch, size, device=device), torch.zeros(batch, size, device=device)
+    def encode(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.encoder(self._flat(obs))
 
     def forward_step(
         self, obs: torch.Tensor, state: LSTMState | None = None, first: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, LSTMState | None]:
-        """One step for a batch of agents: ``(logits, value, new_state)``.
-
-        ``first`` (float, 1 where an episode starts) zeroes the recurrent state of those agents
-        before the step, so memory never crosses an episode boundary.
-        """
-        x = self._flat(obs)
         if self.twin is not None:
             # Functional calls: module-call overhead is measurable at this size.
-            actor_in, critic_in = self.twin.forward(x)
+            actor_in, critic_in = self.twin.forward(self._flat(obs))
             logits = F.linear(actor_in, self.actor.weight, self.actor.bias)
             return logits, F.linear(critic_in, self.critic.weight, self.critic.bias).squeeze(-1), None
-        hidden = self.encoder(x)
-        if self.lstm is not None:
-            assert state is not None
-            h, c = state
-            if first is not None:
-                keep = (1.0 - first).unsqueeze(-1)
-                h, c = h * keep, c * keep
-            h, c = self.lstm(hidden, (h, c))
-            hidden, state = h, (h, c)
-        return self.actor(hidden), self.critic(hidden).squeeze(-1), state
-
-    def forward_sequence(
-        self, obs: torch.Tensor, state: LSTMState | None, first: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits and values for ``[rows, T, ...]`` observations, replaying the recurrent state
-        from ``state`` (the state before column 0) with resets where ``first`` is 1."""
-        rows, steps = obs.shape[:2]
-        if self.lstm is None:
-            logits, values, _ = self.forward_step(obs.reshape(rows * steps, *obs.shape[2:]))
-            return logits.view(rows, steps, -1), values.view(rows, steps)
-        assert state is not None
-        hidden = self.encoder(self._flat(obs.reshape(rows * steps, *obs.shape[2:]))).view(rows, steps, -1)
-        h, c = state
-        outs = []
-        for t in range(steps):
-            keep = (1.0 - first[:, t]).unsqueeze(-1)
-            h, c = self.lstm(hidden[:, t], (h * keep, c * keep))
-            outs.append(h)
-        core = torch.stack(outs, dim=1)
-        return self.actor(core), self.critic(core).squeeze(-1)
+        return super().forward_step(obs, state, first)
 
 
 # ---------------------------------------------------------------------- action heads

@@ -31,7 +31,7 @@ from metta_rl.config import EnvConfig, EvaluationConfig, VectorizationConfig
 from metta_rl.managers.environment import EVAL_STREAM, EnvironmentManager
 from metta_rl.managers.stats import mean
 from metta_rl.core.episodes import FinishedEpisodes, play_episodes
-from metta_rl.core.policy import ActorCritic, action_nvec, sample_actions
+from metta_rl.core.policy import Policy, action_nvec, sample_actions
 from metta_rl.core.progress import crossed
 from metta_rl.records.replay import Act, record_replay
 
@@ -184,7 +184,7 @@ class _PolicyActor:
     """The policy acting on one env's agent rows: its recurrent state and its action RNG."""
 
     def __init__(
-        self, policy: ActorCritic, rows: int, device: torch.device, deterministic: bool, generator: torch.Generator
+        self, policy: Policy, rows: int, device: torch.device, deterministic: bool, generator: torch.Generator
     ) -> None:
         self.policy = policy
         self.device = device
@@ -266,7 +266,7 @@ class EvaluationManager:
 
     @torch.inference_mode()
     def evaluate(
-        self, policy: ActorCritic, *, agent_step: int, epoch: int, replay_dir: str | Path | None = None
+        self, policy: Policy, *, agent_step: int, epoch: int, replay_dir: str | Path | None = None
     ) -> EvalResult:
         """Score every task; with ``evaluation.replay`` and a ``replay_dir``, also write a replay
         of one episode of the first task as ``<replay_dir>/epoch_<epoch:06d>.gif`` (MettaGrid:
@@ -284,7 +284,7 @@ class EvaluationManager:
         self.tracker.update(result)
         return result
 
-    def _score_task(self, policy: ActorCritic, task: EnvConfig) -> TaskResult:
+    def _score_task(self, policy: Policy, task: EnvConfig) -> TaskResult:
         try:
             env = self._env(task)
             _check_spaces(env, policy)
@@ -296,7 +296,7 @@ class EvaluationManager:
         return TaskResult(task.name, tuple(returns), tuple(lengths))
 
     def _play(
-        self, env: EnvironmentManager, policy: ActorCritic, generator: torch.Generator
+        self, env: EnvironmentManager, policy: Policy, generator: torch.Generator
     ) -> tuple[list[float], list[int]]:
         cfg = self.config
         rows = env.num_agents
@@ -324,7 +324,7 @@ class EvaluationManager:
             raise EvalError(f"did not finish {cfg.num_episodes} episodes within evaluation.max_steps={cfg.max_steps}")
         return returns, lengths
 
-    def _record(self, policy: ActorCritic, stem: Path) -> str | None:
+    def _record(self, policy: Policy, stem: Path) -> str | None:
         """A replay of the first task's env 0, on an env of its own (see metta_rl.records.replay).
 
         The acting RNG is seeded like the first task's, so a replay is reproducible too. A
@@ -383,7 +383,7 @@ def _primitive(value: Any) -> int | float:
     return int(value) if isinstance(value, (int, np.integer)) and not isinstance(value, bool) else float(value)
 
 
-def _check_spaces(env: EnvironmentManager, policy: ActorCritic) -> None:
+def _check_spaces(env: EnvironmentManager, policy: Policy) -> None:
     obs_shape = tuple(env.observation_space.shape)
     if obs_shape != tuple(policy.obs_shape):
         raise EvalError(f"observation shape {obs_shape} does not match the policy's {tuple(policy.obs_shape)}")

@@ -18,7 +18,7 @@ import torch
 from metta_rl.core.buffer import ExperienceBuffer
 from metta_rl.managers.environment import EnvironmentManager
 from metta_rl.core.episodes import EpisodeTracker
-from metta_rl.core.policy import ActorCritic, sample_actions
+from metta_rl.core.policy import Policy, sample_actions
 from metta_rl.core.progress import TrainingProgress
 
 
@@ -37,7 +37,7 @@ class RolloutResult:
 
 
 class RolloutManager:
-    def __init__(self, *, env: EnvironmentManager, policy: ActorCritic, horizon: int, device: torch.device) -> None:
+    def __init__(self, *, env: EnvironmentManager, policy: Policy, horizon: int, device: torch.device) -> None:
         self.env = env
         self.device = device
         self.nvec = policy.nvec
@@ -53,7 +53,7 @@ class RolloutManager:
         self.state = policy.initial_state(env.num_agents, device)
         self._started = False
 
-    def collect(self, policy: ActorCritic, progress: TrainingProgress) -> RolloutResult:
+    def collect(self, policy: Policy, progress: TrainingProgress) -> RolloutResult:
         """Step the env until every row holds ``horizon + 1`` steps.
 
         The first collect starts the envs from ``progress``: a resumed run gets fresh episodes

@@ -15,7 +15,7 @@ import torch
 from metta_rl.core.buffer import ExperienceBuffer
 from metta_rl.config import ConfigError, PPOConfig, TrainingLoopConfig
 from metta_rl.managers.optimizer import OptimizerManager
-from metta_rl.core.policy import ActorCritic, entropy, log_prob
+from metta_rl.core.policy import Policy, entropy, log_prob
 from metta_rl.core.ppo import (
     approx_kl,
     clip_fraction,
@@ -57,14 +57,14 @@ class TrainingManager:
         self.device = device
         if recurrent and loop.minibatch_size % horizon:
             raise ConfigError(
-                f"trainer.minibatch_size={loop.minibatch_size} is invalid: with policy.lstm=true a minibatch is "
+                f"trainer.minibatch_size={loop.minibatch_size} is invalid: with a recurrent policy (policy.lstm=true, policy.kind=mettagrid) a minibatch is "
                 f"whole agent rows, so it must be a multiple of the horizon ({horizon} steps per row)"
             )
         # Minibatch shuffling has its own generator: reproducible, and saved with the trainer.
         self.generator = torch.Generator().manual_seed(seed)
 
     def update(
-        self, policy: ActorCritic, optim: OptimizerManager, buffer: ExperienceBuffer, progress: TrainingProgress
+        self, policy: Policy, optim: OptimizerManager, buffer: ExperienceBuffer, progress: TrainingProgress
     ) -> LossStats:
         ppo = self.ppo
         T = buffer.horizon

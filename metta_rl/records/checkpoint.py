@@ -264,7 +264,7 @@ def policy_from_checkpoint(checkpoint: Checkpoint | str | Path, *, device: str |
     """Rebuild the policy of a checkpoint (its env's spaces come from one env of its config)."""
     from metta_rl.config import VectorizationConfig
     from metta_rl.managers.environment import EVAL_STREAM, EnvironmentManager
-    from metta_rl.core.policy import ActorCritic
+    from metta_rl.core.policy_factory import make_policy
 
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
     config = ckpt.config
@@ -272,7 +272,10 @@ def policy_from_checkpoint(checkpoint: Checkpoint | str | Path, *, device: str |
         env=config.env, vectorization=VectorizationConfig(num_envs=1), seed=config.seed, stream=EVAL_STREAM
     )
     try:
-        policy = ActorCritic(obs_space=env.observation_space, action_space=env.action_space, config=config.policy)
+        policy = make_policy(
+            obs_space=env.observation_space, action_space=env.action_space, config=config.policy,
+            token_layout=env.token_layout, env_kind=config.env.kind,
+        )
     finally:
         env.close()
     load_policy_state(policy, ckpt)
