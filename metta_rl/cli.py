@@ -1,12 +1,17 @@
-"""Hydra glue for ``tools/train.py`` and ``tools/bench.py``.
+"""Hydra glue for ``tools/train.py``, ``tools/sweep.py`` and ``tools/bench.py``.
 
 The schema's defaults are registered in Hydra's ConfigStore as a plain node (Hydra cannot take
-a pydantic model as a structured config); ``configs/`` holds the YAML groups. Before Hydra
-runs, every job of the command line is composed, validated by the pydantic models and checked
-against the runtime (:func:`metta_rl.envs.checks.check_runtime`: env modules import, ids are
-registered) here, so a typo, a missing config group or a bad value is one line on stderr and a
-non-zero exit, and nothing is written anywhere (Hydra's own errors are multi-line with a
-stack-trace hint).
+a pydantic model as a structured config); ``configs/`` holds the YAML groups.
+
+A plain single run (``tools/train.py env=cartpole seed=1``: overrides only) is composed once,
+with Hydra's compose API (:func:`compose_run`), validated by the pydantic models, and trained;
+its runtime checks (:func:`metta_rl.envs.checks.check_runtime`: env modules import, ids are
+registered) are the Trainer's set-up, before it writes anything. Anything else on the command
+line (``-m`` multiruns, ``--help``, ``--cfg``, ``hydra.*`` settings) goes to Hydra's app, and
+before it runs, every job is composed, validated and runtime-checked here (:func:`preflight`),
+so a bad third job fails before the first trains. Either way a typo, a missing config group
+or a bad value is one line on stderr and exit 2, and nothing is written anywhere (Hydra's own
+errors are multi-line with a stack-trace hint).
 """
 
 from __future__ import annotations
@@ -109,8 +114,9 @@ def _job_overrides(argv: list[str]) -> list[list[str]] | None:
     return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
 
 
-def compose(overrides: list[str]) -> DictConfig:
-    """Compose ``configs/train.yaml`` with overrides (no Hydra app needed: tests, bench, notebooks)."""
+def compose(overrides: list[str], *, config_name: str = CONFIG_NAME) -> DictConfig:
+    """Compose ``configs/<config_name>.yaml`` (``train``) with overrides, as ``tools/train.py``
+    does (no Hydra app needed: a single run, sweeps, tests, bench, notebooks)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -118,7 +124,25 @@ def compose(overrides: list[str]) -> DictConfig:
     register_configs()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-        return hydra_compose(config_name=CONFIG_NAME, overrides=overrides)
+        return hydra_compose(config_name=config_name, overrides=overrides)
+
+
+def plain_overrides(argv: list[str]) -> list[str] | None:
+    """The command line as overrides when it is only overrides (a single run); None when it asks
+    Hydra's app for more: a flag (``-m``, ``--help``, ``--cfg``...) or a ``hydra`` setting."""
+    if any(a.startswith("-") or a.lstrip("+~").startswith("hydra") for a in argv):
+        return None
+    return list(argv)
+
+
+def compose_run(overrides: list[str], *, config_name: str = CONFIG_NAME) -> tuple[DictConfig, TrainerConfig]:
+    """Compose and validate one run, once; exit 2 with one line on bad input."""
+    try:
+        cfg = compose(overrides, config_name=config_name)
+        return cfg, to_trainer_config(cfg)
+    except Exception as exc:  # noqa: BLE001 - any composition or validation failure is bad input
+        fail(one_line(exc), EXIT_BAD_INPUT)
+        raise  # unreachable: fail() exits
 
 
 def preflight(argv: list[str]) -> None:

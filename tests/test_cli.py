@@ -205,9 +205,11 @@ def preflight_error(capsys, *argv: str) -> str:
         (["-m", "seed=0,-1"], "seed=-1 is invalid: expected an integer >= 0"),  # every job of a sweep
         (["env.id=CartPoel-v1"], "env.id='CartPoel-v1' is invalid: expected a registered Gymnasium id"),
         (["env.id=no_such_module_abc:Env-v0"], "env.id='no_such_module_abc:Env-v0' is invalid: cannot import"),
+        (["trainer.target_return=475", "evaluation.enabled=false"],
+         "trainer.target_return=475.0 is invalid: expected null when evaluation.enabled=false"),
     ],
     ids=["typo", "typo-appended", "unknown-top", "unknown-nested", "missing-group", "negative", "not-int",
-         "not-bool", "sweep-job", "gym-id", "user-module"],
+         "not-bool", "sweep-job", "gym-id", "user-module", "target-without-eval"],
 )
 def test_preflight_bad_input_is_one_line(capsys, argv, expected):
     assert preflight_error(capsys, *argv).startswith(expected)
@@ -216,3 +218,21 @@ def test_preflight_bad_input_is_one_line(capsys, argv, expected):
 def test_preflight_accepts_a_good_sweep(capsys):
     cli.preflight(["-m", "seed=0,1", "ppo.gamma=0.9,0.95", "env.kwargs.max_episode_steps=50"])
     assert capsys.readouterr().err == ""
+
+
+def test_only_a_plain_command_line_skips_hydras_app():
+    assert cli.plain_overrides(["env=cartpole", "seed=1", "+ppo.x=1", "~hooks"]) == [
+        "env=cartpole", "seed=1", "+ppo.x=1", "~hooks"]
+    for argv in (["-m", "seed=0,1"], ["--cfg", "job"], ["--help"], ["hydra.verbose=true"],
+                 ["hydra/launcher=basic"], ["+hydra.job.chdir=true"]):
+        assert cli.plain_overrides(argv) is None, argv
+
+
+def test_a_plain_run_is_composed_and_validated_once_with_one_line_errors(capsys):
+    cfg, config = cli.compose_run(["env=cartpole", "seed=3", "trainer.target_return=475"])
+    assert config.seed == 3 and config.trainer.target_return == 475.0 and cfg.seed == 3
+    with pytest.raises(SystemExit) as info:
+        cli.compose_run(["ppo.gama=0.9"])
+    assert info.value.code == cli.EXIT_BAD_INPUT
+    err = capsys.readouterr().err.splitlines()
+    assert err == [err[0]] and err[0].startswith("error: unknown config field 'ppo.gama' (did you mean")
