@@ -31,16 +31,21 @@ from metta_rl.envs.checks import check_runtime
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 CONFIG_NAME = "train"
+SWEEP_CONFIG_NAME = "sweep"  # configs/sweep.yaml: train.yaml plus a search space (tools/sweep.py)
 EXIT_BAD_INPUT = 2
 
 _HINT_LINES = ("Set the environment variable HYDRA_FULL_ERROR", "To append to your config use")
 
 
-def register_configs() -> None:
-    """Register the schema node; ``configs/train.yaml`` lists it first in its defaults."""
+def register_configs(*, sweep: bool = False) -> None:
+    """Register the schema nodes: ``configs/train.yaml`` lists ``trainer_schema`` first in its
+    defaults; ``configs/sweep.yaml`` (``sweep=True``) adds ``sweep_schema``, the ``sweep`` node."""
     from hydra.core.config_store import ConfigStore
 
-    ConfigStore.instance().store(name="trainer_schema", node=schema_node())
+    store = ConfigStore.instance()
+    store.store(name="trainer_schema", node=schema_node())
+    if sweep:
+        store.store(name="sweep_schema", node=sweep_schema_node())
 
 
 def schema_node() -> DictConfig:
@@ -53,6 +58,17 @@ def schema_node() -> DictConfig:
     new keys: ``env.kwargs.num_agents=8``."""
     node = OmegaConf.create(TrainerConfig().to_dict())
     for path in _free_form_dicts(TrainerConfig):
+        OmegaConf.set_struct(OmegaConf.select(node, path), False)
+    return node
+
+
+def sweep_schema_node() -> DictConfig:
+    """``{"sweep": <every SweepConfig field with its default>}``, its dicts (the search space,
+    sampler and pruner arguments) free-form, as :func:`schema_node` is for a run."""
+    from metta_rl.sweep.config import SweepConfig
+
+    node = OmegaConf.create({"sweep": SweepConfig.model_construct().to_dict()})
+    for path in _free_form_dicts(SweepConfig, "sweep."):
         OmegaConf.set_struct(OmegaConf.select(node, path), False)
     return node
 
@@ -89,7 +105,12 @@ def _unknown_key_message(dotted: str) -> str:
     for part in reversed(dotted.split(".")):
         data = {part: data}
     try:
-        TrainerConfig.from_dict(data)
+        if dotted.startswith("sweep."):  # tools/sweep.py's own section
+            from metta_rl.sweep.config import SweepConfig
+
+            SweepConfig(**data["sweep"])
+        else:
+            TrainerConfig.from_dict(data)
     except ConfigError as exc:
         return str(exc)
     return f"{dotted}: no such config field"
@@ -121,7 +142,7 @@ def compose(overrides: list[str], *, config_name: str = CONFIG_NAME) -> DictConf
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    register_configs()
+    register_configs(sweep=config_name == SWEEP_CONFIG_NAME)
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
         return hydra_compose(config_name=config_name, overrides=overrides)
