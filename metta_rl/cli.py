@@ -16,12 +16,14 @@ errors are multi-line with a stack-trace hint).
 
 from __future__ import annotations
 
+import atexit
 import logging
+import os
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, get_origin
+from typing import Any, NoReturn, get_origin
 
 from omegaconf import DictConfig, OmegaConf
 from pydantic import BaseModel
@@ -181,6 +183,39 @@ def preflight(argv: list[str]) -> None:
 def fail(message: str, code: int) -> None:
     print(f"error: {message}", file=sys.stderr, flush=True)
     raise SystemExit(code)
+
+
+def exit_fast(code: int) -> NoReturn:
+    """End the process now, skipping the interpreter's teardown of every module and object
+    (about a second once torch is loaded: 3.4 s -> 2.4 s for ``python -c "import torch"``,
+    median of 5 on this machine). Everything a normal exit does that matters still happens:
+    the atexit handlers run (logging's flush, multiprocessing's, torch's), stdout and stderr
+    are flushed. For the tools' ``__main__``, after the Trainer's cleanup has closed envs,
+    workers and loggers; never for library code."""
+    try:
+        atexit._run_exitfuncs()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code)
+
+
+def run_main(main: Callable[[], object]) -> NoReturn:
+    """Run a tool's main and :func:`exit_fast` with its exit code (``SystemExit`` included;
+    any other exception propagates as usual, traceback and all)."""
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        if exc.code is None or isinstance(exc.code, int):
+            code = exc.code or 0
+        else:
+            print(exc.code, file=sys.stderr)
+            code = 1
+    exit_fast(code)
 
 
 def setup_logging() -> None:

@@ -236,3 +236,26 @@ def test_a_plain_run_is_composed_and_validated_once_with_one_line_errors(capsys)
     assert info.value.code == cli.EXIT_BAD_INPUT
     err = capsys.readouterr().err.splitlines()
     assert err == [err[0]] and err[0].startswith("error: unknown config field 'ppo.gama' (did you mean")
+
+
+class _Exited(Exception):
+    pass
+
+
+@pytest.mark.parametrize("body, code", [(lambda: None, 0), (lambda: cli.fail("bad", 2), 2),
+                                        (lambda: (_ for _ in ()).throw(SystemExit(130)), 130)])
+def test_tools_exit_with_their_code_after_atexit_handlers_and_a_flush(monkeypatch, capsys, body, code):
+    """tools/*.py end in cli.run_main: os._exit (no ~1 s teardown of torch), but only after
+    what a normal exit does that matters: the atexit handlers and flushed stdout/stderr."""
+    events = []
+
+    def fake_exit(status):
+        events.append(("exit", status))
+        raise _Exited
+
+    monkeypatch.setattr(cli.atexit, "_run_exitfuncs", lambda: events.append(("atexit",)))
+    monkeypatch.setattr(cli.os, "_exit", fake_exit)
+    monkeypatch.setattr(cli.sys.stdout, "flush", lambda: events.append(("flush",)), raising=False)
+    with pytest.raises(_Exited):
+        cli.run_main(body)
+    assert events == [("atexit",), ("flush",), ("exit", code)]

@@ -53,4 +53,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     cli.setup_logging()
-    main(sys.argv[1:])
+    cli.run_main(lambda: main(sys.argv[1:]))

@@ -72,7 +72,7 @@ def hydra_app() -> None:
     main()
 
 
-if __name__ == "__main__":
+def main() -> None:
     cli.setup_logging()
     overrides = cli.plain_overrides(sys.argv[1:])
     if overrides is None:
@@ -80,3 +80,7 @@ if __name__ == "__main__":
     else:
         _, config = cli.compose_run(overrides)
         train(config, Path(config.runs_dir) / str(config.run))
+
+
+if __name__ == "__main__":
+    cli.run_main(main)  # exits without the interpreter's ~1 s teardown of torch
