@@ -91,7 +91,7 @@ def test_a_hopeless_trial_is_pruned_at_its_first_evaluation(tmp_path):
                       "+sweep.pruner_kwargs={lower: 1.0e9}")
     (trial,) = record["trials"]
     assert trial["state"] == "PRUNED" and trial["agent_steps"] == 2 * 64 and trial["stop_reason"] == "pruned"
-    assert trial["last_report"]["agent_step"] == 128 and record["best"] is None
+    assert trial["last_report"]["agent_step"] == 128 and trial["value"] is None and record["best"] is None
     summary = json.loads((tmp_path / "s" / "trial_0000" / "summary.json").read_text())
     assert summary["stop_reason"] == "pruned" and summary["agent_steps"] == 128
     assert "trial 0 pruned at 128 steps" in out and "best: none yet" in out

@@ -162,7 +162,8 @@ def _trial_record(t: Any) -> dict[str, Any]:
     return {
         "number": t.number,
         "state": t.state.name,
-        "value": t.value,
+        # Optuna gives a pruned trial its last report as its value: that is in last_report.
+        "value": t.value if t.state.name == "COMPLETE" else None,
         "params": t.params,
         "run_dir": t.user_attrs.get("run_dir"),
         "agent_steps": t.user_attrs.get("agent_steps"),
