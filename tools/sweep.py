@@ -36,15 +36,11 @@ def main(argv: list[str]) -> None:
                  cli.EXIT_BAD_INPUT)
     try:
         sweep = sweep_from_overrides(overrides)
-        sweep.check()
-    except Exception as exc:  # noqa: BLE001 - composition and validation failures are bad input
-        cli.fail(cli.one_line(exc), cli.EXIT_BAD_INPUT)
-    try:
-        sweep.run(out=sys.stdout)
+        sweep.run(out=sys.stdout)  # checks the search space before the first trial
     except ConfigError as exc:
         cli.fail(str(exc), cli.EXIT_BAD_INPUT)
     except SweepInterrupted as exc:
-        print(f"{exc}; the sweep stopped: run the same command again to continue it", file=sys.stderr, flush=True)
+        print(str(exc), file=sys.stderr, flush=True)
         raise SystemExit(exc.exit_code) from None
     except KeyboardInterrupt:
         print("interrupted: run the same command again to continue the sweep", file=sys.stderr, flush=True)

@@ -99,9 +99,11 @@ class Sweep:
         return study
 
     def run(self, *, out: TextIO) -> dict[str, Any]:
-        """Run trials until the study has ``sweep.trials`` finished ones; returns sweep.json."""
+        """Check, then run trials until the study has ``sweep.trials`` finished ones; returns
+        the record written to sweep.json."""
         import optuna
 
+        self.check()
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # one line per trial is ours
         study = self.open_study()
         left = self.sweep.trials - finished(study)

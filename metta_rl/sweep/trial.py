@@ -29,8 +29,14 @@ class SweepInterrupted(KeyboardInterrupt):
     """A signal stopped a trial (its checkpoint is written): the sweep stops too. A
     KeyboardInterrupt, so Optuna marks the trial failed and re-raises it rather than going on."""
 
-    def __init__(self, interrupted: TrainingInterrupted) -> None:
-        super().__init__(str(interrupted))
+    def __init__(self, interrupted: TrainingInterrupted, number: int) -> None:
+        import signal
+
+        super().__init__(
+            f"{signal.Signals(interrupted.signum).name}: trial {number} stopped at agent step "
+            f"{interrupted.agent_step:,} (recorded as failed; it does not count); run the same command "
+            "again to continue the sweep"
+        )
         self.exit_code = interrupted.exit_code
 
 
@@ -143,7 +149,7 @@ def run_trial(trial: Any, sweep: SweepConfig, overrides: list[str], sweep_dir: P
             summary = trainer.train().summary
     except TrainingInterrupted as exc:
         trial.set_user_attr("error", "interrupted")
-        raise SweepInterrupted(exc) from None
+        raise SweepInterrupted(exc, trial.number) from None
     except Exception as exc:
         trial.set_user_attr("error", one_line(exc))
         raise
