@@ -314,6 +314,10 @@ class TrainingLoopConfig(_Config):
     ``batch_size`` agent steps are collected per epoch; the rollout horizon is
     ``batch_size / agents per env batch``. The batch is cut into minibatches of
     ``minibatch_size`` and swept ``update_epochs`` times.
+
+    ``target_return``: stop after the first evaluation whose mean return is at least this
+    (Stable-Baselines3's ``StopTrainingOnRewardThreshold``); ``total_timesteps`` stays the cap.
+    Needs periodic evaluation (``evaluation.enabled`` and ``evaluation.evaluate_interval > 0``).
     """
 
     section: ClassVar[str] = "trainer"
@@ -324,6 +328,7 @@ class TrainingLoopConfig(_Config):
     update_epochs: Int = Field(4, ge=1)
     device: Str = "cpu"
     torch_threads: Int = Field(1, ge=0)
+    target_return: float | None = None
 
     @field_validator("device")
     @classmethod
@@ -481,6 +486,20 @@ class TrainerConfig(_Config):
         if isinstance(data, dict):
             return {k: {} if v is None and k in _SECTIONS else v for k, v in data.items()}
         return data
+
+    @model_validator(mode="after")
+    def _target_needs_evaluations(self) -> TrainerConfig:
+        """A target is checked at evaluations: without periodic ones it could never stop a run."""
+        target, ev = self.trainer.target_return, self.evaluation
+        if target is not None and not (ev.enabled and ev.evaluate_interval > 0):
+            why = "evaluation.enabled=false" if not ev.enabled else "evaluation.evaluate_interval=0"
+            raise _Invalid(
+                f"null when {why} (the target is checked at each evaluation: "
+                "enable evaluation with evaluate_interval > 0)",
+                field="trainer.target_return",
+                value=target,
+            )
+        return self
 
     @field_validator("run")
     @classmethod

@@ -8,6 +8,10 @@ episodes) and evaluation return (``eval/mean_return`` +- ``eval/std_return``) ag
 steps. Figures are built with matplotlib's object API on an Agg canvas, so this never needs a
 display and never touches pyplot's global figure list (safe in a training process, a test,
 and a notebook, where the returned Figure displays inline under ``%matplotlib inline``).
+
+It is drawn at the end of every run, so it is kept cheap: matplotlib is imported only here,
+when a curve is drawn (about a second), and the layout is fixed margins and a fixed legend
+corner (constrained layout and ``loc="best"`` tripled the draw, to ~0.45 s on a small CPU).
 """
 
 from __future__ import annotations
@@ -69,8 +73,9 @@ def plot_learning_curve(run_dir_or_metrics_path: str | Path, *, title: str | Non
 
     path = _metrics_path(run_dir_or_metrics_path)
     curves = read_curves(path)
-    fig = Figure(figsize=(8, 4.5), layout="constrained")
+    fig = Figure(figsize=(8, 4.5))
     FigureCanvasAgg(fig)
+    fig.subplots_adjust(left=0.09, right=0.98, bottom=0.12, top=0.92)
     ax = fig.add_subplot()
     if curves["train"]:
         steps, returns = zip(*curves["train"])
@@ -89,7 +94,7 @@ def plot_learning_curve(run_dir_or_metrics_path: str | Path, *, title: str | Non
     ax.grid(True, alpha=0.3)
     ax.set_title(title if title is not None else _default_title(path.parent))
     if curves["train"] or curves["eval"]:
-        ax.legend(loc="best")
+        ax.legend(loc="upper left")  # returns rise from low at the start: that corner is the emptiest
     return fig
 
 

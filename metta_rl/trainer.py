@@ -2,7 +2,14 @@
 
     with Trainer(config) as trainer:        # setup() ... cleanup()
         trainer.train_epoch()               # one epoch, for notebooks
-        result = trainer.train()            # to the step budget
+        result = trainer.train()            # to the step budget, or trainer.target_return
+
+Training stops at the first of: an evaluation of the current policy reaching
+``trainer.target_return``, the step budget, a hook's :class:`~metta_rl.hooks.StopTraining`, a
+signal; ``summary.json`` says which (``stop_reason``) and where (``agent_steps``, ``epochs``).
+The first two are read from what a checkpoint restores (progress, the latest evaluation), so a
+run that stopped is still stopped when the same command runs again, and goes on when the
+budget or the target is raised.
 
 Progress is one frozen :class:`TrainingProgress`, replaced once per epoch here and passed to
 the managers as an argument; no manager keeps a copy, and none holds a reference to the Trainer.
@@ -112,6 +119,9 @@ class Trainer:
         if self._setup_done:
             return self
         cfg = self.config
+        # Rules across sections (trainer.target_return needs periodic evaluations) again: an
+        # assignment to a nested section (config.trainer.target_return = 475) validates only it.
+        TrainerConfig.from_dict(cfg.to_dict())
         check_runtime(cfg)
         if cfg.resume == "never":
             self.run_dir.check_new()
@@ -212,6 +222,9 @@ class Trainer:
                 # The step budget is this config's: a resumed run may be extended.
                 self.progress = replace(saved_progress, total_timesteps=step_budget(self.config))
                 ckpt_files.restore_rng(state["rng"])
+                # The summary of a run resumed when already finished reports its last epoch.
+                self.last_metrics = dict(checkpoint.metadata.get("metrics") or {})
+                self.last_eval = self.evaluator.tracker.latest if self.evaluator is not None else None
         except (KeyError, ValueError, RuntimeError, TypeError) as exc:
             detail = " ".join(str(exc).split())[:200]
             raise CheckpointError(
@@ -321,23 +334,51 @@ class Trainer:
         self.run_dir.append_metrics(metrics)  # the run record first; a failed write stops the run
         self.hooks.call("on_epoch_end", progress=progress, metrics=MappingProxyType(metrics), report=report)
         # After the metrics line is written: a resume truncates metrics.jsonl to its checkpoint.
-        if self.checkpointer.due(prev.epoch, progress.epoch, done=progress.done, new_best=new_best):
+        # A run that stops here (budget, target, a hook) ends with a checkpoint of this epoch.
+        done = self.stop_reason() is not None
+        if self.checkpointer.due(prev.epoch, progress.epoch, done=done, new_best=new_best):
             self.save_checkpoint()
         return metrics
 
-    def train(self) -> TrainResult:
-        """Train until ``trainer.total_timesteps`` agent steps; writes ``summary.json``.
+    @property
+    def target_reached(self) -> bool:
+        """The latest evaluation is of the current policy (this epoch's) and reached
+        ``trainer.target_return``. An older one does not count: the policy has changed since."""
+        target = self.config.trainer.target_return
+        latest = self.evaluator.tracker.latest if self.evaluator is not None else None
+        return (
+            target is not None
+            and latest is not None
+            and latest.epoch == self.progress.epoch
+            and latest.mean_return >= target
+        )
 
-        SIGINT/SIGTERM stop after the current epoch with a checkpoint and raise
-        :class:`TrainingInterrupted`; a second one raises ``KeyboardInterrupt`` at once.
+    def stop_reason(self) -> str | None:
+        """Why training is over now, or None while it goes on: ``"target_return"``,
+        ``"total_timesteps"`` (the step budget is spent), or a hook's
+        :class:`~metta_rl.hooks.StopTraining` reason (e.g. ``"pruned"``)."""
+        if self.target_reached:
+            return "target_return"
+        if self.progress.done:
+            return "total_timesteps"
+        return self.hooks.stop_requested
+
+    def train(self) -> TrainResult:
+        """Train until :meth:`stop_reason` says stop; writes ``summary.json``.
+
+        SIGINT/SIGTERM stop after the current epoch with a checkpoint and a summary
+        (``stop_reason="interrupted"``) and raise :class:`TrainingInterrupted`; a second one
+        raises ``KeyboardInterrupt`` at once.
         """
+        self.hooks.stop_requested = None  # a hook's stop ended the previous call, not this one
         self._start()
         try:
             with StopSignals() as stop:
-                while not self.progress.done:
+                while self.stop_reason() is None:
                     self.train_epoch()
-                    if stop.signum is not None and not self.progress.done:
+                    if stop.signum is not None and self.stop_reason() is None:
                         path = self.checkpointer.saved_at(self.progress.epoch) or self.save_checkpoint()
+                        self.run_dir.write_summary(self.summary(stop_reason="interrupted"))
                         raise TrainingInterrupted(stop.signum, path, self.progress.agent_step)
             summary = self.summary()
             self.run_dir.write_summary(summary)
@@ -372,13 +413,17 @@ class Trainer:
             raise ConfigError("evaluation.enabled=False is invalid for Trainer.evaluate(): expected true")
         return self._evaluate_now(agent_step=self.progress.agent_step, epoch=self.progress.epoch)
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self, *, stop_reason: str | None = None) -> dict[str, Any]:
+        """The run's summary (``summary.json``); ``agent_steps`` and ``epochs`` are where it
+        stopped, ``stop_reason`` why (:meth:`stop_reason`, or ``stop_reason`` given)."""
         p, ev = self.progress, self.last_eval
         best = self.evaluator.tracker.best if self.evaluator is not None else None
         return {
             "run": self.run_dir.path.name,
             "env": self.config.env.name,
             "seed": self.config.seed,
+            "stop_reason": stop_reason or self.stop_reason(),
+            "target_return": self.config.trainer.target_return,
             "agent_steps": p.agent_step,
             "epochs": p.epoch,
             "episodes": p.episodes,

@@ -206,9 +206,11 @@ def preflight_error(capsys, *argv: str) -> str:
         (["-m", "seed=0,-1"], "seed=-1 is invalid: expected an integer >= 0"),  # every job of a sweep
         (["env.id=CartPoel-v1"], "env.id='CartPoel-v1' is invalid: expected a registered Gymnasium id"),
         (["env.id=no_such_module_abc:Env-v0"], "env.id='no_such_module_abc:Env-v0' is invalid: cannot import"),
+        (["trainer.target_return=475", "evaluation.enabled=false"],
+         "trainer.target_return=475.0 is invalid: expected null when evaluation.enabled=false"),
     ],
     ids=["typo", "typo-appended", "unknown-top", "unknown-nested", "missing-group", "negative", "not-int",
-         "not-bool", "sweep-job", "gym-id", "user-module"],
+         "not-bool", "sweep-job", "gym-id", "user-module", "target-without-eval"],
 )
 def test_preflight_bad_input_is_one_line(capsys, argv, expected):
     assert preflight_error(capsys, *argv).startswith(expected)
@@ -217,3 +219,44 @@ def test_preflight_bad_input_is_one_line(capsys, argv, expected):
 def test_preflight_accepts_a_good_sweep(capsys):
     cli.preflight(["-m", "seed=0,1", "ppo.gamma=0.9,0.95", "env.kwargs.max_episode_steps=50"])
     assert capsys.readouterr().err == ""
+
+
+def test_only_a_plain_command_line_skips_hydras_app():
+    assert cli.plain_overrides(["env=cartpole", "seed=1", "+ppo.x=1", "~hooks"]) == [
+        "env=cartpole", "seed=1", "+ppo.x=1", "~hooks"]
+    for argv in (["-m", "seed=0,1"], ["--cfg", "job"], ["--help"], ["hydra.verbose=true"],
+                 ["hydra/launcher=basic"], ["+hydra.job.chdir=true"]):
+        assert cli.plain_overrides(argv) is None, argv
+
+
+def test_a_plain_run_is_composed_and_validated_once_with_one_line_errors(capsys):
+    cfg, config = cli.compose_run(["env=cartpole", "seed=3", "trainer.target_return=475"])
+    assert config.seed == 3 and config.trainer.target_return == 475.0 and cfg.seed == 3
+    with pytest.raises(SystemExit) as info:
+        cli.compose_run(["ppo.gama=0.9"])
+    assert info.value.code == cli.EXIT_BAD_INPUT
+    err = capsys.readouterr().err.splitlines()
+    assert err == [err[0]] and err[0].startswith("error: unknown config field 'ppo.gama' (did you mean")
+
+
+class _Exited(Exception):
+    pass
+
+
+@pytest.mark.parametrize("body, code", [(lambda: None, 0), (lambda: cli.fail("bad", 2), 2),
+                                        (lambda: (_ for _ in ()).throw(SystemExit(130)), 130)])
+def test_tools_exit_with_their_code_after_atexit_handlers_and_a_flush(monkeypatch, capsys, body, code):
+    """tools/*.py end in cli.run_main: os._exit (no ~1 s teardown of torch), but only after
+    what a normal exit does that matters: the atexit handlers and flushed stdout/stderr."""
+    events = []
+
+    def fake_exit(status):
+        events.append(("exit", status))
+        raise _Exited
+
+    monkeypatch.setattr(cli.atexit, "_run_exitfuncs", lambda: events.append(("atexit",)))
+    monkeypatch.setattr(cli.os, "_exit", fake_exit)
+    monkeypatch.setattr(cli.sys.stdout, "flush", lambda: events.append(("flush",)), raising=False)
+    with pytest.raises(_Exited):
+        cli.run_main(body)
+    assert events == [("atexit",), ("flush",), ("exit", code)]

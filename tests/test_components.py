@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import math
 
 import gymnasium
@@ -12,7 +13,7 @@ from torch import nn
 
 from metta_rl.config import ConfigError, OptimizerConfig, PolicyConfig
 from metta_rl.core.episodes import EpisodeTracker
-from metta_rl.managers.optimizer import OptimizerManager, scheduled_lr
+from metta_rl.managers.optimizer import FlatAdam, OptimizerManager, scheduled_lr
 from metta_rl.core.policy import ActorCritic, action_nvec, entropy, log_prob, sample_actions
 from metta_rl.core.progress import TrainingProgress, crossed
 
@@ -252,6 +253,51 @@ def test_optimizer_state_dict_round_trip():
     mgr2.load_state_dict(state)
     assert mgr2.lr == pytest.approx(5e-4)
     assert mgr2.optimizer.param_groups[0]["lr"] == pytest.approx(5e-4)
+
+
+@pytest.mark.parametrize("kind", ["adam", "adamw"])
+def test_flat_adam_steps_like_torch_optim_adam_bit_for_bit_and_shares_its_state_dict(kind):
+    torch.manual_seed(0)
+    grads = [torch.randn(10) for _ in range(6)]
+    ours, theirs = torch.randn(10, requires_grad=True), None
+    theirs = ours.detach().clone().requires_grad_(True)
+    kwargs = dict(lr=1e-2, betas=(0.8, 0.99), eps=1e-5, weight_decay=0.1)
+    flat = FlatAdam(ours, decoupled=kind == "adamw", **kwargs)
+    reference = (torch.optim.AdamW if kind == "adamw" else torch.optim.Adam)([theirs], fused=True, **kwargs)
+    for g in grads[:3]:
+        ours.grad, theirs.grad = g.clone(), g.clone()
+        flat.step()
+        reference.step()
+    assert torch.equal(ours, theirs)
+    # Cross-loaded state dicts (old checkpoints hold torch.optim.Adam's) continue identically.
+    swapped = FlatAdam(ours, decoupled=kind == "adamw", **kwargs)
+    swapped.load_state_dict(reference.state_dict())
+    reference.load_state_dict(flat.state_dict())
+    for g in grads[3:]:
+        ours.grad, theirs.grad = g.clone(), g.clone()
+        swapped.step()
+        reference.step()
+    assert torch.equal(ours, theirs) and swapped.state_dict()["state"][0]["step"] == 6
+    with pytest.raises(ValueError, match="do not fit"):
+        FlatAdam(torch.zeros(3, requires_grad=True), decoupled=False, **kwargs).load_state_dict(flat.state_dict())
+
+
+def test_the_optimizer_never_imports_dynamo(monkeypatch):
+    """torch.optim.Optimizer imports torch._dynamo in its constructor and every step (2-3 s
+    the first time in a process); a run must not pay that. Every ``import`` statement calls
+    ``builtins.__import__``, even for a module already loaded, so this holds in any test order."""
+    real, imported = builtins.__import__, []
+
+    def spy(name, *args, **kwargs):
+        imported.append(name)
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", spy)
+    mgr, policy = _manager(type="adamw")
+    mgr.step(policy(torch.ones(1, 3)).sum())
+    mgr.load_state_dict(mgr.state_dict())
+    monkeypatch.undo()
+    assert imported and not [n for n in imported if n.startswith("torch._dynamo")]
 
 
 # ---------------------------------------------------------------------------------- crossed

@@ -4,7 +4,9 @@ A hook never changes the training math: it receives read-only values (progress, 
 result, losses, eval results, the epoch's metrics) and returns nothing, except
 ``custom_metrics``, whose dict is merged into the epoch's metrics before any hook sees them.
 A hook that raises is reported once and disabled; the run goes on. Failures that must stop a
-run (a checkpoint that cannot be written) do not belong in a hook.
+run (a checkpoint that cannot be written) do not belong in a hook. A hook may end training
+early, the way a Stable-Baselines3 callback returns False, by raising :class:`StopTraining`
+(an Optuna pruner does): the epoch is booked, a final checkpoint and the summary are written.
 
 Handlers are called with keyword arguments, and only those their signature names (or all of
 them, given ``**kwargs``), so a hook declares just what it reads::
@@ -49,6 +51,17 @@ class EpochReport:
     eval: Any = None
 
 
+class StopTraining(Exception):
+    """Raised by a hook to end training after the current epoch, with ``reason`` as the
+    summary's ``stop_reason`` (e.g. ``"pruned"``). Not a failure: the hook stays enabled,
+    the epoch's bookkeeping completes, a final checkpoint and ``summary.json`` are written
+    and ``Trainer.train()`` returns. A resumed run trains on (the request is not saved)."""
+
+    def __init__(self, reason: str = "stopped by a hook") -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 class Hook:
     """Override any of these; each is called with keyword arguments it names."""
 
@@ -88,6 +101,8 @@ def _parameter_names(method: Any) -> frozenset[str] | None:
 class HookList:
     def __init__(self, hooks: Iterable[Hook] = ()) -> None:
         self.hooks: list[Hook] = list(hooks)
+        # The reason of the first StopTraining a hook raised, until the Trainer stops.
+        self.stop_requested: str | None = None
         # inspect.signature costs ~10 us: read each handler's once, not every epoch.
         self._names: dict[tuple[type, str], frozenset[str] | None] = {}
 
@@ -110,6 +125,9 @@ class HookList:
                     self._names[key] = _parameter_names(method)
                 names = self._names[key]
                 method(**(kwargs if names is None else {k: v for k, v in kwargs.items() if k in names}))
+            except StopTraining as stop:
+                if self.stop_requested is None:
+                    self.stop_requested = stop.reason
             except Exception as exc:  # noqa: BLE001 - a logger must not kill a run
                 self._disable(hook, event, exc)
 

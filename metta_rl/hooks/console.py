@@ -83,7 +83,9 @@ class ConsoleHook(Hook):
         if self.mode == "off":
             return
         where = f" -> {run_dir.path}" if run_dir is not None else ""
-        self._print(f"training {config.env.name} ({config.env.id}) for {progress.total_timesteps:,} agent steps{where}")
+        target = config.trainer.target_return
+        until = f"until eval return >= {target:g} or " if target is not None else "for "
+        self._print(f"training {config.env.name} ({config.env.id}) {until}{progress.total_timesteps:,} agent steps{where}")
         if resumed_from is not None:
             self._print(resumed_message(resumed_from, progress))
         if self.mode == "rich":

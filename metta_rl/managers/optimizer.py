@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.optim.adam import adam
 
 from metta_rl.config import OptimizerConfig
 from metta_rl.core.progress import TrainingProgress
@@ -27,6 +28,82 @@ def scheduled_lr(config: OptimizerConfig, fraction: float) -> float:
     if config.schedule == "cosine":
         return floor + 0.5 * (base - floor) * (1.0 + math.cos(math.pi * fraction))
     return base
+
+
+class FlatAdam:
+    """Adam (AdamW: ``decoupled=True``) over one flat parameter tensor, stepped by torch's own
+    functional ``torch.optim.adam.adam`` (the fused kernel ``torch.optim.Adam.step`` calls),
+    with ``torch.optim.Adam``'s state-dict format, so checkpoints load either way.
+
+    Why not ``torch.optim.Adam`` itself: its constructor and every ``step`` import
+    ``torch._dynamo`` (``add_param_group`` and ``step`` are wrapped in dynamo's disable and
+    graph breaks), 2-3 s on a small CPU, as long as the whole start of a CartPole run.
+    The functional form runs the same math, bit for bit (tests/test_components.py), and
+    imports nothing. ``param_groups`` and ``state`` read like an Optimizer's.
+    """
+
+    def __init__(
+        self, param: torch.Tensor, *, lr: float, betas: tuple[float, float], eps: float, weight_decay: float,
+        decoupled: bool,
+    ) -> None:
+        self.param = param
+        self.fused = param.device.type in ("cpu", "cuda")
+        self.param_groups: list[dict[str, Any]] = [{
+            "lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay, "amsgrad": False,
+            "maximize": False, "foreach": None, "capturable": False, "differentiable": False,
+            "fused": self.fused, "decoupled_weight_decay": decoupled,
+        }]
+        # Created at the first step, as torch.optim.Adam does (a step count of 0 has none).
+        self.state: dict[torch.Tensor, dict[str, torch.Tensor]] = {}
+
+    def _moments(self) -> dict[str, torch.Tensor]:
+        state = self.state.get(self.param)
+        if state is None:
+            p = self.param
+            step_device = p.device if self.fused else torch.device("cpu")
+            state = self.state[p] = {
+                "step": torch.zeros((), dtype=torch.float32, device=step_device),
+                "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+                "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format),
+            }
+        return state
+
+    @torch.no_grad()
+    def step(self) -> None:
+        group, state = self.param_groups[0], self._moments()
+        beta1, beta2 = group["betas"]
+        adam(
+            [self.param], [self.param.grad], [state["exp_avg"]], [state["exp_avg_sq"]], [], [state["step"]],
+            foreach=False, fused=self.fused, decoupled_weight_decay=group["decoupled_weight_decay"],
+            amsgrad=False, beta1=beta1, beta2=beta2, lr=group["lr"], weight_decay=group["weight_decay"],
+            eps=group["eps"], maximize=False,
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        state = self.state.get(self.param)
+        return {
+            "state": {} if state is None else {0: {k: v.clone() for k, v in state.items()}},
+            "param_groups": [{**self.param_groups[0], "params": [0]}],
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Like ``Optimizer.load_state_dict``: the saved hyperparameters and moments, moved to the
+        parameter's device; a ValueError when they do not fit the parameter."""
+        groups = state_dict["param_groups"]
+        if len(groups) != 1 or len(groups[0]["params"]) != 1:
+            raise ValueError("loaded state dict has a different number of parameter groups or parameters")
+        saved = state_dict["state"].get(groups[0]["params"][0])
+        p = self.param
+        if saved is not None and any(saved[k].shape != p.shape for k in ("exp_avg", "exp_avg_sq")):
+            raise ValueError(f"loaded Adam moments of shape {tuple(saved['exp_avg'].shape)} do not fit the "
+                             f"parameters ({tuple(p.shape)})")
+        group = {k: v for k, v in groups[0].items() if k != "params"}
+        self.param_groups = [{**self.param_groups[0], **group, "betas": tuple(group["betas"]), "fused": self.fused}]
+        self.state = {} if saved is None else {p: {
+            "step": saved["step"].to(dtype=torch.float32, device=p.device if self.fused else "cpu"),
+            "exp_avg": saved["exp_avg"].to(dtype=p.dtype, device=p.device).clone(),
+            "exp_avg_sq": saved["exp_avg_sq"].to(dtype=p.dtype, device=p.device).clone(),
+        }}
 
 
 class OptimizerManager:
@@ -51,14 +128,13 @@ class OptimizerManager:
             p.data = self.flat.data[offset : offset + n].view_as(p)
             p.grad = self.flat.grad[offset : offset + n].view_as(p)
             offset += n
-        cls = torch.optim.AdamW if config.type == "adamw" else torch.optim.Adam
-        self.optimizer = cls(
-            [self.flat],
+        self.optimizer = FlatAdam(
+            self.flat,
             lr=config.learning_rate,
-            betas=tuple(config.betas),
+            betas=(config.betas[0], config.betas[1]),
             eps=config.eps,
             weight_decay=config.weight_decay,
-            fused=self.flat.device.type in ("cpu", "cuda"),
+            decoupled=config.type == "adamw",
         )
         self.lr = config.learning_rate
         # Multiplies the schedule; the non-finite guard lowers it after a rollback.
