@@ -318,6 +318,11 @@ class TrainingLoopConfig(_Config):
     ``target_return``: stop after the first evaluation whose mean return is at least this
     (Stable-Baselines3's ``StopTrainingOnRewardThreshold``); ``total_timesteps`` stays the cap.
     Needs periodic evaluation (``evaluation.enabled`` and ``evaluation.evaluate_interval > 0``).
+
+    ``torch_threads``: torch's intra-op threads (0: torch's default). ``update_threads``: threads
+    for the PPO update only (0: as ``torch_threads``); the rollout, where one thread is best for
+    small per-step batches, keeps ``torch_threads``. With the serial backend nothing else runs
+    during the update, so a big policy's update can use every core.
     """
 
     section: ClassVar[str] = "trainer"
@@ -328,6 +333,7 @@ class TrainingLoopConfig(_Config):
     update_epochs: Int = Field(4, ge=1)
     device: Str = "cpu"
     torch_threads: Int = Field(1, ge=0)
+    update_threads: Int = Field(0, ge=0)
     target_return: float | None = None
 
     @field_validator("device")

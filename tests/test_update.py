@@ -218,3 +218,38 @@ def test_target_kl_stops_after_the_first_epoch_that_exceeds_it():
     same = make_buffer(template, ratios=[1.0] * N)
     stats, _ = run_update(template, same, lr=0.05, update_epochs=5, target_kl=1e-6)
     assert (stats.update_epochs, stats.minibatches) == (2, 2)
+
+
+def test_update_threads_apply_to_the_update_only(monkeypatch):
+    """trainer.update_threads: the update runs with that many torch threads, the rollout's
+    count is back afterwards (also when the update raises), and the math is the same."""
+    template = make_policy()
+    buf = make_buffer(template)
+    seen: list[int] = []
+    real = TrainingManager._update
+
+    def spy(self, *args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(TrainingManager, "_update", spy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        policy = copy.deepcopy(template)
+        optim = OptimizerManager(policy=policy, config=OptimizerConfig(learning_rate=1e-3, max_grad_norm=None))
+        manager = TrainingManager(
+            ppo=PPOConfig(gamma=0.0, clip_coef=CLIP),
+            loop=TrainingLoopConfig(total_timesteps=N, batch_size=N, minibatch_size=N, update_epochs=1, update_threads=2),
+            horizon=T, recurrent=False, device=torch.device("cpu"), seed=0,
+        )
+        stats = manager.update(policy, optim, buf, TrainingProgress(total_timesteps=N))
+        assert seen == [2] and torch.get_num_threads() == 1
+        expected, _ = run_update(template, buf)
+        assert stats.policy_loss == pytest.approx(expected.policy_loss, rel=1e-6)
+        monkeypatch.setattr(TrainingManager, "_update", lambda *a, **k: 1 / 0)
+        with pytest.raises(ZeroDivisionError):
+            manager.update(policy, optim, buf, TrainingProgress(total_timesteps=N))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -66,6 +66,19 @@ class TrainingManager:
     def update(
         self, policy: Policy, optim: OptimizerManager, buffer: ExperienceBuffer, progress: TrainingProgress
     ) -> LossStats:
+        threads = self.loop.update_threads
+        if not threads or threads == torch.get_num_threads():
+            return self._update(policy, optim, buffer, progress)
+        rollout_threads = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            return self._update(policy, optim, buffer, progress)
+        finally:
+            torch.set_num_threads(rollout_threads)
+
+    def _update(
+        self, policy: Policy, optim: OptimizerManager, buffer: ExperienceBuffer, progress: TrainingProgress
+    ) -> LossStats:
         ppo = self.ppo
         T = buffer.horizon
         dev = self.device
