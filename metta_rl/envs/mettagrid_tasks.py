@@ -188,14 +188,15 @@ def tiny(
     width: int = 7,
     height: int = 7,
     sources: int = 2,
-    refill_period: int = 4,
+    refill_period: int = 2,
 ) -> MettaGridConfig:
-    """Navigation in a 5x5 room without obstacles, for fast tests: every source is in view, so
-    a policy learns within seconds to walk to one and keep taking its heart as it refills.
+    """Navigation in a 5x5 room without obstacles, for fast tests: every source is in view and
+    refills every other step, so a policy soon learns to walk to one and keep taking its heart.
 
-    Random policy (defaults, seeds 0-2, 50 episodes each): 1.78 hearts per agent per episode
-    (1.95, 1.90, 1.49); the scripted policy: 9.3 (an agent camping at a source
-    gets about 10).
+    Random policy (defaults, seeds 0-4, 200 episodes each): 1.86 hearts per agent per episode
+    (2.01, 2.04, 1.76, 1.81, 1.70); the scripted policy: 16.5 (seeds 0-2; an agent camping at
+    a source gets about 20). A small token-grid CNN trained with PPO went from 2 to 8.5 in
+    80k agent steps.
     """
     return _game(
         num_agents=num_agents,
