@@ -85,10 +85,12 @@ def test_config_groups_auto_and_mettagrid_give_the_same_mettagrid_policy():
     auto = cli.to_trainer_config(cli.compose(["env=mettagrid_navigation"])).policy
     named = cli.to_trainer_config(cli.compose(["env=mettagrid_navigation", "policy=mettagrid"])).policy
     assert auto.kind == "auto" and named.kind == "mettagrid"
-    fields = ("cnn_channels", "cnn_kernels", "cnn_strides", "fc_size", "lstm_hidden_size")
+    fields = ("cnn_channels", "cnn_kernels", "cnn_strides", "fc_size")
     assert {f: getattr(auto, f) for f in fields} == {f: getattr(named, f) for f in fields} == {
         f: PolicyConfig.model_fields[f].get_default(call_default_factory=True) for f in fields
     }
+    assert auto.lstm_size("mettagrid") == named.lstm_size("mettagrid") == 64
+    assert auto.lstm_size("mlp") == 128  # the MLP's LSTM keeps its size
     assert cli.to_trainer_config(cli.compose(["policy=mlp"])).policy.kind == "mlp"
     assert cli.to_trainer_config(cli.compose(["policy=token"])).policy.kind == "token"
 
@@ -198,3 +200,33 @@ def test_the_own_cell_encoder_reads_the_center_cell_and_the_globals():
     glob[0, 0, 2] = 200  # episode completion
     assert torch.equal(own(elsewhere), own(base))
     assert not torch.allclose(own(center), own(base)) and not torch.allclose(own(glob), own(base))
+
+
+# ------------------------------------------------------------------------------ learning
+def test_the_default_mettagrid_policy_learns_the_tiny_task(tmp_path):
+    """Best eval over 16 agent-episodes > 6 hearts per agent per episode. On this task uniform
+    random actions score 1.85 (100 episodes; 8-episode evals of seeds 0-4: 1.1-2.2) and the
+    untrained policy's argmax 0-3.4 (seeds 0-4; an agent stuck pushing into a source farms it).
+    Trained like this, seeds 0, 1, 2 reached a best eval of 12.4, 11.1, 7.9 in ~25 s."""
+    from metta_rl import Trainer
+    from metta_rl.config import TrainerConfig
+    from metta_rl.records.checkpoint import policy_from_checkpoint
+
+    config = TrainerConfig.from_dict({
+        "seed": 0,
+        "env": {"name": "tiny", "kind": "mettagrid", "id": "tiny", "kwargs": {}},
+        "trainer": {"total_timesteps": 32768, "batch_size": 1024, "minibatch_size": 512, "update_epochs": 4},
+        "ppo": {"gamma": 0.95, "gae_lambda": 0.9, "ent_coef": 0.01},
+        "optimizer": {"learning_rate": 0.002},
+        "vectorization": {"backend": "serial", "num_envs": 16},
+        "evaluation": {"num_episodes": 8, "num_envs": 2, "evaluate_interval": 8},
+        "logging": {"console": "off", "system_monitor": False},
+    })
+    with Trainer(config, run_dir=tmp_path / "tiny", console=False) as trainer:
+        assert isinstance(trainer.policy, MettaGridPolicy)  # policy.kind=auto on MettaGrid
+        result = trainer.train()
+        trained = trainer.policy.state_dict()
+    assert result.summary["best_eval_mean_return"] > 6.0, result.summary
+    rebuilt = policy_from_checkpoint(tmp_path / "tiny")  # as tools/evaluate.py does
+    assert isinstance(rebuilt, MettaGridPolicy)
+    assert all(torch.equal(rebuilt.state_dict()[k], v) for k, v in trained.items())

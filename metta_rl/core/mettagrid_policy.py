@@ -10,8 +10,8 @@ can appear there) and a vector of global tokens, then:
 - an encoder of the agent's own cell (the center cell's channels: its inventory, group,
   vibe) together with the global vector (episode progress, last action and reward), one
   fully connected layer of ``fc_size``;
-- their concatenation feeds an LSTM core of ``lstm_hidden_size`` (reset at episode
-  starts), and the actor and critic heads read its output.
+- their concatenation feeds an LSTM core of ``lstm_hidden_size`` (default 64; reset at
+  episode starts), and the actor and critic heads read its output.
 
 The grid is channels-last in memory and the convolutions are too (about 2x faster on CPU).
 
@@ -80,9 +80,10 @@ class MettaGridPolicy(Policy):
             layer(channels + self.scatter.num_globals, config.fc_size, math.sqrt(2)), nn.ReLU()
         )
         self.cnn.to(memory_format=torch.channels_last)  # the scatter's grid is channels-last
-        self.lstm = init_lstm(nn.LSTM(2 * config.fc_size, config.lstm_hidden_size, batch_first=True))
-        self.actor = layer(config.lstm_hidden_size, sum(self.nvec), 0.01)
-        self.critic = layer(config.lstm_hidden_size, 1, 1.0)
+        core = config.lstm_size("mettagrid")
+        self.lstm = init_lstm(nn.LSTM(2 * config.fc_size, core, batch_first=True))
+        self.actor = layer(core, sum(self.nvec), 0.01)
+        self.critic = layer(core, 1, 1.0)
 
     def encode(self, obs: torch.Tensor) -> torch.Tensor:
         grid, globals_ = self.scatter(obs)

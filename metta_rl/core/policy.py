@@ -170,8 +170,8 @@ class ActorCritic(Policy):
         self.encoder = None if separate else _mlp(self.obs_size, hidden, config.activation)
         core_size = hidden[-1]
         if config.lstm:
-            self.lstm = init_lstm(nn.LSTMCell(core_size, config.lstm_hidden_size))
-            core_size = config.lstm_hidden_size
+            self.lstm = init_lstm(nn.LSTMCell(core_size, config.lstm_size("mlp")))
+            core_size = self.lstm.hidden_size
         else:
             self.lstm = None
         self.actor = layer(core_size, sum(self.nvec), 0.01)
