@@ -198,16 +198,9 @@ def tiny(
     a source gets about 20). A small token-grid CNN trained with PPO went from 2 to 8.5 in
     80k agent steps.
     """
-    return _game(
-        num_agents=num_agents,
-        max_steps=max_steps,
-        width=width,
-        height=height,
-        resources=["heart"],
-        objects={"heart_source": _source("heart_source", "heart")},
-        counts={"heart_source": sources},
-        events={"refill": _refill("heart_source", "heart", refill_period, max_steps)},
-        rewards={"heart": 1.0},
+    return navigation(
+        num_agents=num_agents, max_steps=max_steps, width=width, height=height, sources=sources, obstacles=0,
+        refill_period=refill_period,
     )
 
 
