@@ -9,6 +9,7 @@ import sys
 import uuid
 
 import numpy as np
+import torch
 import pytest
 
 from metta_rl.config import METTAGRID_TASKS, ConfigError, EnvConfig, TrainerConfig, VectorizationConfig
@@ -196,3 +197,24 @@ def test_arena_chain_pays_the_shaped_rewards():
     # Nothing to convert yet; ore (0.1); ore -> battery (+0.7); mine and generator empty-handed;
     # battery -> heart (+0.2); the mine refills after step 5.
     np.testing.assert_allclose(rewards, [0, 0, 0.1, 0.7, 0, 0.2, 0, 0, 0.1, 0.7, 0.2], atol=1e-6)
+
+
+def test_a_user_module_nothing_imported_before_trains(user_module, tmp_path):
+    """``env.id=module:callable`` through the Trainer: the module is imported at set-up (not
+    when the config is built), its config's envs are stepped, and the policy is updated."""
+    from metta_rl.trainer import Trainer
+
+    cfg = TrainerConfig.from_dict({
+        "env": {"name": "user", "kind": "mettagrid", "id": f"{user_module}:make", "kwargs": {"agents": 2}},
+        "trainer": {"total_timesteps": 256, "batch_size": 128, "minibatch_size": 128, "update_epochs": 1},
+        "vectorization": {"num_envs": 2},
+        "evaluation": {"enabled": False},
+    })
+    assert user_module not in sys.modules
+    with Trainer(cfg, run_dir=tmp_path / "run", console=False) as trainer:
+        before = [p.detach().clone() for p in trainer.policy.parameters()]
+        trainer.train()
+        after = list(trainer.policy.parameters())
+    assert user_module in sys.modules
+    assert trainer.progress.agent_step == 256 and trainer.progress.episodes > 0  # 12-step episodes
+    assert any(not torch.equal(b, a) for b, a in zip(before, after))
