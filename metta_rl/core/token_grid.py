@@ -200,29 +200,43 @@ class TokenScatter(nn.Module):
         self.register_buffer("global_index", global_index.reshape(-1))
         self.register_buffer("occupied_index", occupied_index)
         self.register_buffer("scale", scale)
+        # Which feature ids are amounts (log1p of the count): derived from the plan, so not
+        # saved (a checkpoint's tables stay as they were).
+        amount = torch.zeros(256, dtype=torch.bool)
+        for fid, channel in plan.grid_channel.items():
+            amount[fid] = channel >= plan.first_amount_channel
+        self.register_buffer("amount_feature", amount, persistent=False)
 
     def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if tokens.dim() != 3 or tokens.shape[-1] != 3:
             raise ValueError(f"tokens of shape {tuple(tokens.shape)}: expected [batch, tokens, 3]")
         batch, device = tokens.shape[0], tokens.device
         t = tokens[:, : used_tokens(tokens)]
-        loc, fid = t[..., 0].long(), t[..., 1].long()
+        # 1-D lookups with index_select: several times faster than advanced indexing on CPU.
+        loc, fid = t[..., 0].reshape(-1).long(), t[..., 1].reshape(-1).long()
         key = loc * 256 + fid
-        values = t[..., 2].float() * self.scale[fid]
+        values = t[..., 2].reshape(-1).float() * self.scale.index_select(0, fid)
         per_agent = self.height * self.width * self.num_channels
         dump = batch * per_agent  # one slot past the grids takes every token that is not on them
-        row_base = torch.arange(0, dump, per_agent, device=device).unsqueeze(1)
+        row_base = torch.arange(0, dump, per_agent, device=device).repeat_interleave(t.shape[1])
         grid = torch.zeros(dump + 1, dtype=torch.float32, device=device)
-        occupied = self.occupied_index[loc]
-        grid.index_fill_(0, torch.where(occupied >= 0, occupied + row_base, dump).view(-1), 1.0)
-        offset = self.grid_index[key]
-        grid.index_add_(0, torch.where(offset >= 0, offset + row_base, dump).view(-1), values.view(-1))
+        occupied = self.occupied_index.index_select(0, loc)
+        grid.index_fill_(0, torch.where(occupied >= 0, occupied + row_base, dump), 1.0)
+        offset = self.grid_index.index_select(0, key)
+        target = torch.where(offset >= 0, offset + row_base, dump)
+        grid.index_add_(0, target, values)
+        if self.plan.first_amount_channel < self.num_channels:
+            # log(1 + count) only at the cells amount tokens landed on (not over whole channels:
+            # a strided pass over the grid cost more than the rest of the scatter). Several
+            # digit tokens of one count share a cell: all read the summed count before any
+            # write, so each writes the same log.
+            at = target[self.amount_feature.index_select(0, fid)]
+            grid.index_put_((at,), grid.index_select(0, at).log1p_())
         globals_ = torch.zeros(batch, self.num_globals + 1, dtype=torch.float32, device=device)
-        globals_.scatter_add_(1, self.global_index[key], values)
+        slots = self.global_index.index_select(0, key).view(batch, -1)
+        globals_.scatter_add_(1, slots, values.view(batch, -1))
         grid = grid[:dump].view(batch, self.height, self.width, self.num_channels)
         globals_ = globals_[:, : self.num_globals]
-        if self.plan.first_amount_channel < self.num_channels:
-            grid[..., self.plan.first_amount_channel :].log1p_()
         if self.plan.first_amount_global < self.num_globals:
             globals_[:, self.plan.first_amount_global :].log1p_()
         return grid.permute(0, 3, 1, 2), globals_
