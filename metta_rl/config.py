@@ -330,6 +330,12 @@ class TrainingLoopConfig(_Config):
     for the PPO update only (0: as ``torch_threads``); the rollout, where one thread is best for
     small per-step batches, keeps ``torch_threads``. With the serial backend nothing else runs
     during the update, so a big policy's update can use every core.
+
+    ``overlap_rollout``: collect the next batch in a background thread, acting with the weights
+    from before this update, while the update runs (off: collect, then update). On two or more
+    cores the env and the update then each get one; the cost is one update of policy lag (the
+    PPO ratio is always taken against the log-probs stored at collection). A batch collected
+    when training stops (target, signal) is trained on by the next ``train()``, not dropped.
     """
 
     section: ClassVar[str] = "trainer"
@@ -341,6 +347,7 @@ class TrainingLoopConfig(_Config):
     device: Str = "cpu"
     torch_threads: Int = Field(1, ge=0)
     update_threads: Int = Field(0, ge=0)
+    overlap_rollout: bool = False
     target_return: float | None = None
 
     @field_validator("device")

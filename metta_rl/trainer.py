@@ -139,7 +139,10 @@ class Trainer:
                 token_layout=self.env.token_layout, env_kind=cfg.env.kind,
             ).to(self.device)
             self.optimizer = OptimizerManager(policy=self.policy, config=cfg.optimizer)
-            self.rollout = RolloutManager(env=self.env, policy=self.policy, horizon=horizon, device=self.device)
+            self.rollout = RolloutManager(
+                env=self.env, policy=self.policy, horizon=horizon, device=self.device,
+                overlap=cfg.trainer.overlap_rollout,
+            )
             self.training = TrainingManager(
                 ppo=cfg.ppo, loop=cfg.trainer, horizon=horizon, recurrent=self.policy.is_recurrent, device=self.device, seed=cfg.seed
             )
@@ -270,6 +273,8 @@ class Trainer:
 
     def cleanup(self) -> None:
         """Close envs and hooks. Safe to call more than once, and after a failed setup."""
+        if getattr(self, "rollout", None) is not None:
+            self.rollout.wait()  # a background collection still stepping the env
         for closer in (self.env, self.evaluator):
             if closer is not None:
                 closer.close()
@@ -301,13 +306,16 @@ class Trainer:
         t0 = time.perf_counter()
         rollout = self.rollout.collect(self.policy, self.progress)
         self.hooks.call("on_rollout_end", progress=self.progress, rollout=rollout)
+        prev = self.progress
+        step_after, epoch_after = prev.agent_step + rollout.agent_steps, prev.epoch + 1
+        if self.rollout.overlap and step_after < prev.total_timesteps:
+            # The next batch, with these weights, while the update below runs.
+            self.rollout.start_next(self.policy, prev)
         t1 = time.perf_counter()
         losses = self.training.update(self.policy, self.optimizer, self.rollout.buffer, self.progress)
         self.guard.after_update(self.optimizer, losses, restore=self._restore_last_good)
         t2 = time.perf_counter()
 
-        prev = self.progress
-        step_after, epoch_after = prev.agent_step + rollout.agent_steps, prev.epoch + 1
         eval_metrics: dict[str, float] = {}
         epoch_eval: EvalResult | None = None
         new_best = False

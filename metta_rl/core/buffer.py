@@ -72,9 +72,17 @@ class ExperienceBuffer:
 
     def carry_last_column(self) -> None:
         """After an update: the step in column T becomes column 0 of the next epoch."""
-        for t in (self.obs, self.actions, self.logprobs, self.values, self.valid, self.first):
-            t[:, 0] = t[:, self.horizon]
+        self.carry_from(self)
+
+    def carry_from(self, other: ExperienceBuffer) -> None:
+        """Column 0 (and the state before it) becomes ``other``'s column T: the next epoch
+        goes on from the step the env already acted on (``other`` may be this buffer)."""
+        for dst, src in (
+            (self.obs, other.obs), (self.actions, other.actions), (self.logprobs, other.logprobs),
+            (self.values, other.values), (self.valid, other.valid), (self.first, other.first),
+        ):
+            dst[:, 0] = src[:, other.horizon]
         if self.state0 is not None:
-            for dst, src in zip(self.state0, self.next_state0):
+            for dst, src in zip(self.state0, other.next_state0):
                 dst.copy_(src)
         self.col[:] = 1

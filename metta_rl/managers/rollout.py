@@ -3,10 +3,20 @@
 It owns the buffer, the recurrent state of every agent row and the episode accumulators.
 One ``collect`` is one epoch of experience; it returns what happened (steps, finished
 episodes, env info stats, time split) and leaves the data in ``buffer`` for the update.
+
+With ``overlap=True`` (``trainer.overlap_rollout``) it keeps a second buffer and a copy of the
+policy (the behaviour policy): :meth:`start_next` fills the second buffer in a background
+thread with the weights as they are now, while the caller updates the policy on ``buffer``; the
+next :meth:`collect` waits for that thread and swaps the buffers. Torch and mettagrid release
+the GIL in their kernels, so on two cores the rollout and the update each get one. The data of
+an update is then one update old (the PPO ratio is taken against the log-probs stored at
+collection, as always).
 """
 
 from __future__ import annotations
 
+import copy
+import threading
 import time
 from dataclasses import dataclass, field
 from numbers import Number
@@ -37,35 +47,95 @@ class RolloutResult:
 
 
 class RolloutManager:
-    def __init__(self, *, env: EnvironmentManager, policy: Policy, horizon: int, device: torch.device) -> None:
+    def __init__(
+        self, *, env: EnvironmentManager, policy: Policy, horizon: int, device: torch.device, overlap: bool = False
+    ) -> None:
         self.env = env
         self.device = device
         self.nvec = policy.nvec
-        self.buffer = ExperienceBuffer(
-            rows=env.num_agents,
-            horizon=horizon,
-            obs_shape=tuple(env.observation_space.shape),
-            obs_dtype=env.observation_space.dtype,
-            num_heads=len(policy.nvec),
-            lstm_size=policy.lstm.hidden_size if policy.lstm is not None else None,
-        )
+
+        def buffer() -> ExperienceBuffer:
+            return ExperienceBuffer(
+                rows=env.num_agents,
+                horizon=horizon,
+                obs_shape=tuple(env.observation_space.shape),
+                obs_dtype=env.observation_space.dtype,
+                num_heads=len(policy.nvec),
+                lstm_size=policy.lstm.hidden_size if policy.lstm is not None else None,
+            )
+
+        self.buffer = buffer()
         self.episodes = EpisodeTracker(env.num_agents)
         self.state = policy.initial_state(env.num_agents, device)
         self._started = False
+        # overlap: the buffer the background collection fills, the weights it acts with, and
+        # the thread with its outcome (a RolloutResult or the exception it raised).
+        self._spare = buffer() if overlap else None
+        self._behaviour = copy.deepcopy(policy) if overlap else None
+        self._thread: threading.Thread | None = None
+        self._outcome: RolloutResult | BaseException | None = None
+
+    @property
+    def overlap(self) -> bool:
+        return self._spare is not None
 
     def collect(self, policy: Policy, progress: TrainingProgress) -> RolloutResult:
-        """Step the env until every row holds ``horizon + 1`` steps.
+        """Step the env until every row holds ``horizon + 1`` steps; or, after
+        :meth:`start_next`, wait for the background collection (whose data the behaviour
+        policy collected) and make its buffer ``buffer``.
 
         The first collect starts the envs from ``progress``: a resumed run gets fresh episodes
         for its resume point, not a replay of epoch 0's.
         """
-        buf = self.buffer
+        if self._thread is not None:
+            return self._finish()
+        if self.buffer.full:
+            self.buffer.carry_last_column()
+        return self._fill(self.buffer, policy, progress)
+
+    def start_next(self, policy: Policy, progress: TrainingProgress) -> None:
+        """Collect the next batch in the background with ``policy``'s weights as they are now,
+        into the spare buffer; ``buffer`` (this batch) is left alone for the update."""
+        if self._spare is None or self._behaviour is None:
+            raise RuntimeError("start_next needs a RolloutManager built with overlap=True")
+        if self._thread is not None:
+            raise RuntimeError("a background collection is already running")
+        with torch.no_grad():
+            for mine, theirs in zip(self._behaviour.parameters(), policy.parameters()):
+                mine.copy_(theirs)
+        spare, behaviour = self._spare, self._behaviour
+        spare.carry_from(self.buffer)
+
+        def run() -> None:
+            try:
+                self._outcome = self._fill(spare, behaviour, progress)
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller of collect()
+                self._outcome = exc
+
+        self._thread = threading.Thread(target=run, name="metta_rl-rollout", daemon=True)
+        self._thread.start()
+
+    def wait(self) -> None:
+        """Let a background collection finish (before closing the env); its batch stays the
+        next :meth:`collect`'s, so no env step is lost."""
+        if self._thread is not None:
+            self._thread.join()
+
+    def _finish(self) -> RolloutResult:
+        assert self._thread is not None and self._spare is not None
+        self._thread.join()
+        outcome, self._thread, self._outcome = self._outcome, None, None
+        if isinstance(outcome, BaseException):
+            raise outcome
+        assert outcome is not None
+        self.buffer, self._spare = self._spare, self.buffer
+        return outcome
+
+    def _fill(self, buf: ExperienceBuffer, policy: Policy, progress: TrainingProgress) -> RolloutResult:
         env = self.env
         if not self._started:
             env.reset(start=progress.epoch)
             self._started = True
-        if buf.full:
-            buf.carry_last_column()
         result = RolloutResult(agent_steps=buf.rows * buf.horizon)
         horizon = buf.horizon
         on_cpu = self.device.type == "cpu"
