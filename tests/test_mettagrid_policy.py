@@ -230,3 +230,19 @@ def test_the_default_mettagrid_policy_learns_the_tiny_task(tmp_path):
     rebuilt = policy_from_checkpoint(tmp_path / "tiny")  # as tools/evaluate.py does
     assert isinstance(rebuilt, MettaGridPolicy)
     assert all(torch.equal(rebuilt.state_dict()[k], v) for k, v in trained.items())
+
+
+def test_training_observations_drop_only_padding_every_step_shares():
+    net = policy()
+    obs = random_obs(3, 5)
+    obs[1, 2, 23:30] = obs[1, 2, 3:10]  # one step reaches further than the others
+    trimmed = net.training_observations(obs)
+    assert trimmed.shape == (3, 5, 30, 3)
+    assert (obs[..., 30:, :] == 255).all()
+    state = net.initial_state(3)
+    first = torch.zeros(3, 5)
+    with torch.no_grad():
+        full_out = net.forward_sequence(obs, state, first)
+        trimmed_out = net.forward_sequence(trimmed, state, first)
+    for a, b in zip(full_out, trimmed_out):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -70,7 +70,9 @@ class Policy(nn.Module):
       ``core_sequence`` overridden) or None; its ``hidden_size`` sizes the buffer's saved states;
     - ``initial_state(batch, device)``: zero ``(h, c)`` or None;
     - ``forward_step(obs, state, first)``: ``(logits, value, new_state)``;
-    - ``forward_sequence(obs [rows, T, ...], state, first)``: ``(logits, values)``.
+    - ``forward_sequence(obs [rows, T, ...], state, first)``: ``(logits, values)``;
+    - ``training_observations(obs)``: the batch's observations as the update should hold them
+      (default: as they are; a token policy drops the padding every row shares).
 
     A subclass gives ``encode`` (observations -> the core's input) and the heads ``actor`` and
     ``critic``, or overrides ``forward_step`` (a feed-forward policy needs nothing else).
@@ -84,6 +86,10 @@ class Policy(nn.Module):
     def encode(self, obs: torch.Tensor) -> torch.Tensor:
         """``[batch, *obs_shape]`` observations -> ``[batch, features]``, the core's input."""
         raise NotImplementedError
+
+    def training_observations(self, obs: torch.Tensor) -> torch.Tensor:
+        """``[rows, T, *obs_shape]``: what the update cuts into minibatches (once per update)."""
+        return obs
 
     def initial_state(self, batch: int, device: torch.device | str = "cpu") -> LSTMState | None:
         if self.lstm is None:

@@ -95,7 +95,7 @@ class TrainingManager:
             gae_lambda=ppo.gae_lambda,
         )
         data = {
-            "obs": buffer.obs[:, :T].to(dev),
+            "obs": policy.training_observations(buffer.obs[:, :T]).to(dev),
             "actions": buffer.actions[:, :T].to(dev),
             "old_logprobs": buffer.logprobs[:, :T].to(dev),
             "old_values": values[:, :T],
