@@ -145,7 +145,10 @@ def reference(layout: TokenLayout, tokens: torch.Tensor) -> tuple[torch.Tensor, 
                     glob[b, plan.global_slot[fid]] += value * plan.scale[fid]
             elif r < layout.height and c < layout.width:
                 grid[b, 0, r, c] = 1.0
-                if fid in plan.grid_channel:
+                if fid == plan.tag_feature:
+                    if value < plan.num_tags:
+                        grid[b, plan.first_tag_channel + value, r, c] += 1.0
+                elif fid in plan.grid_channel:
                     grid[b, plan.grid_channel[fid], r, c] += value * plan.scale[fid]
     grid[:, plan.first_amount_channel :] = grid[:, plan.first_amount_channel :].log1p()
     glob[:, plan.first_amount_global :] = glob[:, plan.first_amount_global :].log1p()
@@ -164,6 +167,49 @@ def test_random_tokens_match_a_per_token_reference(scatter):
     tokens[5, 5:10] = 255
     grid, glob = scatter(tokens)
     ref_grid, ref_glob = reference(LAYOUT, tokens)
+    assert torch.allclose(grid, ref_grid) and torch.allclose(glob, ref_glob)
+
+
+TAGGED = TokenLayout(13, 13, FEATURES, tags=("type:agent", "type:wall", "type:mine"))
+
+
+def test_with_tag_names_each_tag_is_a_channel_of_its_own():
+    scatter = TokenScatter(TAGGED)
+    assert scatter.plan.channels == (
+        OCCUPIED, "agent:group", "tag:type:agent", "tag:type:wall", "tag:type:mine", "agent_id", "my_value",
+        "inv:heart", "score",
+    )
+    assert scatter.plan.first_amount_channel == 7
+    grid, glob = scatter(obs([
+        [0x66, 6, 0],   # the agent's own cell: tag 0 (type:agent), a value that would scale to 0
+        [0x12, 6, 1],   # a wall
+        [0x34, 6, 1],   # an object with two tags: wall and mine
+        [0x34, 6, 2],
+        [0x45, 6, 7],   # a tag id past the names: ignored (the cell is still occupied)
+        [0xFE, 6, 2],   # a tag as a global token: ignored
+        [0x34, 12, 3],  # inv:heart 3 with the mine
+    ]))
+    expected = torch.zeros(9, 13, 13)
+    expected[ch(scatter, "tag:type:agent"), 6, 6] = 1.0
+    expected[ch(scatter, "tag:type:wall"), 1, 2] = 1.0
+    expected[ch(scatter, "tag:type:wall"), 3, 4] = 1.0
+    expected[ch(scatter, "tag:type:mine"), 3, 4] = 1.0
+    expected[ch(scatter, "inv:heart"), 3, 4] = math.log(4)
+    for r, c in [(6, 6), (1, 2), (3, 4), (4, 5)]:
+        expected[0, r, c] = 1.0
+    assert torch.allclose(grid[0], expected) and glob.abs().sum() == 0
+
+
+def test_random_tokens_with_tag_channels_match_the_reference():
+    g = torch.Generator().manual_seed(1)
+    tokens = torch.randint(0, 256, (16, 40, 3), dtype=torch.uint8, generator=g)
+    fids = torch.tensor([f[0] for f in FEATURES] + [6, 6, 6, 200])  # tags more often
+    tokens[..., 1] = fids[torch.randint(0, len(fids), (16, 40), generator=g)].to(torch.uint8)
+    tokens[..., 2] = torch.where(tokens[..., 1] == 6, tokens[..., 2] % 5, tokens[..., 2])  # ids 0-4, 2 past the names
+    tokens[:, ::7, 0] = 0xFE
+    tokens[:, 32:] = 255
+    grid, glob = TokenScatter(TAGGED)(tokens)
+    ref_grid, ref_glob = reference(TAGGED, tokens)
     assert torch.allclose(grid, ref_grid) and torch.allclose(glob, ref_glob)
 
 

@@ -36,9 +36,15 @@ policy: 1.7). The log keeps large inventories (arena) near the scale of the othe
 any token: categorical features with value 0 (the first tag, group 0, agent id 0) would
 otherwise scale to nothing and make their object invisible.
 
+Tags (the object types, ``type:wall``, ``type:mine``, ...): when the layout carries the env's
+tag names (``TokenLayout.tags``, from ``PolicyEnvInterface.tags``), each tag gets a channel of
+its own, 1 where an object has it (a token's value is its tag id); a tag id as one scaled value
+would code five object types as 0, 0.1, ..., 0.4 in one channel, for the CNN to tell apart.
+Without the names, ``tag`` is one channel like the other categorical features.
+
 Several tokens of one channel at one cell *add up* (before the log): that is what makes the
-digits of a multi-token value one amount; an object with several tags shows the sum of their
-tag ids (a one-hot of tags would need the tag list, which the layout does not carry). Tokens of
+digits of a multi-token value one amount (and, without tag names, an object with several tags
+shows the sum of their tag ids). Tokens of
 unknown feature ids (not in the layout, or dropped) and tokens outside the window are
 ignored, never an error.
 """
@@ -58,6 +64,7 @@ class TokenLayout:
     height: int
     width: int
     features: tuple[tuple[int, str, float], ...]  # (feature id, name, normalization)
+    tags: tuple[str, ...] = ()  # tag names by id (PolicyEnvInterface.tags); empty: unknown
 
 
 EMPTY_LOCATION = 0xFF
@@ -88,6 +95,9 @@ class ChannelPlan:
     scale: dict[int, float]  # feature id -> multiplier of the token's value
     first_amount_channel: int  # channels[first_amount_channel:] are amounts (log1p of the count)
     first_amount_global: int  # likewise for globals
+    tag_feature: int | None = None  # the ``tag`` feature id when tags are one-hot channels
+    first_tag_channel: int = 0  # channels[first_tag_channel + tag id] is that tag's
+    num_tags: int = 0
 
 
 def _where(name: str) -> tuple[bool, bool]:
@@ -128,10 +138,16 @@ def plan_channels(layout: TokenLayout) -> ChannelPlan:
     global_slot: dict[int, int] = {}
     scale: dict[int, float] = {}
     first_amount_channel = first_amount_global = None
+    tag_feature, first_tag_channel = None, 0
     for fid, name in ordered:
         if name in amounts:
             first_amount_channel = len(channels) if first_amount_channel is None else first_amount_channel
             first_amount_global = len(globals_) if first_amount_global is None else first_amount_global
+        if name == "tag" and layout.tags:
+            tag_feature, first_tag_channel = fid, len(channels)
+            channels.extend(f"tag:{tag}" for tag in layout.tags)
+            scale[fid] = 1.0
+            continue
         grid, glob = _where(name)
         if grid:
             grid_channel[fid] = len(channels)
@@ -157,6 +173,9 @@ def plan_channels(layout: TokenLayout) -> ChannelPlan:
         scale,
         len(channels) if first_amount_channel is None else first_amount_channel,
         len(globals_) if first_amount_global is None else first_amount_global,
+        tag_feature,
+        first_tag_channel,
+        len(layout.tags) if tag_feature is not None else 0,
     )
 
 
@@ -223,6 +242,12 @@ class TokenScatter(nn.Module):
         occupied = self.occupied_index.index_select(0, loc)
         grid.index_fill_(0, torch.where(occupied >= 0, occupied + row_base, dump), 1.0)
         offset = self.grid_index.index_select(0, key)
+        if self.plan.tag_feature is not None:
+            # A tag token's value is its tag id: 1 in that tag's channel at the token's cell.
+            tag_id = t[..., 2].reshape(-1).long()
+            is_tag = (fid == self.plan.tag_feature) & (occupied >= 0) & (tag_id < self.plan.num_tags)
+            offset = torch.where(is_tag, occupied + self.plan.first_tag_channel + tag_id, offset)
+            values = torch.where(fid == self.plan.tag_feature, is_tag.float(), values)
         target = torch.where(offset >= 0, offset + row_base, dump)
         grid.index_add_(0, target, values)
         if self.plan.first_amount_channel < self.num_channels:
@@ -243,14 +268,22 @@ class TokenScatter(nn.Module):
 
 
 def used_tokens(tokens: torch.Tensor) -> int:
-    """Token positions up to the last one that is non-empty in any row of ``[B, N, 3]``.
+    """Token positions up to the last one that is non-empty in any row of ``[..., N, 3]``
+    (any leading dims: a batch ``[B, N, 3]``, a whole buffer ``[rows, T, N, 3]``).
 
     Positions past it are padding in every row; skipping them is most of the scatter's speed
-    (navigation agents see ~15 tokens of 500, arena agents ~100). By position, not by count:
+    (navigation agents see ~15 tokens of 500, arena agents ~60). By position, not by count:
     it does not rely on padding coming last within a row.
     """
-    if tokens.shape[0] == 0 or tokens.shape[1] == 0:
+    if tokens.numel() == 0:
         return 0
-    nonempty = tokens[..., 0].contiguous().amin(0) != EMPTY_LOCATION
-    positions = torch.arange(1, tokens.shape[1] + 1, device=tokens.device)
+    locations = tokens[..., 0]
+    dims = tuple(range(locations.dim() - 1))
+    if tokens.device.type == "cpu":
+        # numpy's uint8 min over a strided view: no copy, ~8x faster than torch's amin here
+        # (a 49k-step arena buffer: ~40 ms against ~300).
+        nonempty = torch.from_numpy(locations.numpy().min(axis=dims) != EMPTY_LOCATION)
+    else:
+        nonempty = locations.amin(dim=dims) != EMPTY_LOCATION
+    positions = torch.arange(1, tokens.shape[-2] + 1, device=nonempty.device)
     return int((nonempty * positions).max())

@@ -34,7 +34,10 @@ def token_layout(env: EnvConfig) -> TokenLayout:
     """The observation window and token features of the MettaGrid env ``env`` describes."""
     interface = PolicyEnvInterface.from_mg_cfg(mettagrid_config(env))
     features = tuple((int(f.id), str(f.name), float(f.normalization)) for f in interface.obs_features)
-    return TokenLayout(height=int(interface.obs_height), width=int(interface.obs_width), features=features)
+    return TokenLayout(
+        height=int(interface.obs_height), width=int(interface.obs_width), features=features,
+        tags=tuple(str(tag) for tag in interface.tags),
+    )
 
 
 def check_mettagrid_id(env_id: str, kwargs: dict[str, Any], *, field: str = "env.id") -> None:
