@@ -330,6 +330,17 @@ class TrainingLoopConfig(_Config):
     for the PPO update only (0: as ``torch_threads``); the rollout, where one thread is best for
     small per-step batches, keeps ``torch_threads``. With the serial backend nothing else runs
     during the update, so a big policy's update can use every core.
+
+    Under torchrun (N ranks, :mod:`metta_rl.distributed`): ``batch_scope=global`` (the default)
+    makes ``batch_size`` and ``minibatch_size`` totals over all ranks (each rank collects and
+    trains on 1/N of them, which must divide), so a run means the same for any N;
+    ``per_rank`` makes them each rank's, so the global batch is N x ``batch_size``.
+    ``total_timesteps`` is always global agent steps. ``dist_timeout_s`` bounds every collective
+    (a rank that hangs ends the run with an error).
+
+    ``amp``: bf16 autocast of the policy's forward passes (rollout and update; the loss is
+    computed in float32). ``compile``: ``torch.compile`` the policy's forward methods (the first
+    epochs pay the compilation). Both off by default.
     """
 
     section: ClassVar[str] = "trainer"
@@ -342,6 +353,10 @@ class TrainingLoopConfig(_Config):
     torch_threads: Int = Field(1, ge=0)
     update_threads: Int = Field(0, ge=0)
     target_return: float | None = None
+    batch_scope: Literal["global", "per_rank"] = "global"
+    amp: bool = False
+    compile: bool = False
+    dist_timeout_s: float = Field(600.0, gt=0)
 
     @field_validator("device")
     @classmethod
