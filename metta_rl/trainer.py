@@ -156,6 +156,8 @@ class Trainer:
             for hook in default_hooks(cfg, self.run_dir, console=self._console):
                 self.hooks.add(hook)
         self._setup_done = True
+        # A resumed run may be finished already: rank 0 knows, and stop_reason() agrees everywhere.
+        self._agree_on_stop()
         return self
 
     def _setup(self, cfg: TrainerConfig, dist: Distributed) -> None:
@@ -514,6 +516,8 @@ class Trainer:
         """Evaluate the current policy now (as configured in ``evaluation``), outside the schedule.
         Unlike a scheduled one, a failure here raises."""
         self._start()
+        if not self.dist.is_main:
+            raise RuntimeError("Trainer.evaluate() under torchrun runs on rank 0 only (the weights are the same)")
         if self.evaluator is None:
             raise ConfigError("evaluation.enabled=False is invalid for Trainer.evaluate(): expected true")
         return self._evaluate_now(agent_step=self.progress.agent_step, epoch=self.progress.epoch)
