@@ -200,27 +200,11 @@ class Trainer:
         self.stats = StatsManager()
         if cfg.evaluation.enabled and dist.is_main:
             self.evaluator = EvaluationManager(env=cfg.env, config=cfg.evaluation, seed=cfg.seed, device=self.device)
-        if not dist.enabled:
-            resumed = self.checkpointer.resume(cfg.resume, restore=self.load_checkpoint, map_location=self.device)
-        else:
-            resumed = self._resume_every_rank(cfg.resume)
+        resumed = self.checkpointer.resume(cfg.resume, restore=self.load_checkpoint, map_location=self.device, dist=dist)
+        if resumed is not None:
+            dist.seed_rank(cfg.seed, start=resumed.epoch)  # not rank 0's restored RNG streams
         if dist.is_main:
             self.run_dir.open(cfg.to_dict(), resume_step=resumed.progress.agent_step if resumed else None)
-
-    def _resume_every_rank(self, resume: str) -> Checkpoint | None:
-        """Rank 0 picks and loads the checkpoint (on the CPU) and sends it to the other ranks,
-        which load the same state (no shared file system needed), then draw RNG streams of
-        their own for the resume point."""
-        checkpoint = None
-        if self.dist.is_main:
-            checkpoint = self.checkpointer.resume(resume, restore=self.load_checkpoint, map_location="cpu")
-        checkpoint = self.dist.broadcast_object(checkpoint)
-        if checkpoint is not None and not self.dist.is_main:
-            self.load_checkpoint(checkpoint)
-            self.checkpointer.resumed_from = checkpoint.path
-        if checkpoint is not None:
-            self.dist.seed_rank(self.config.seed, start=checkpoint.epoch)
-        return checkpoint
 
     # ------------------------------------------------------------------ checkpoints
     @property
@@ -328,22 +312,7 @@ class Trainer:
         """The guard's rollback: weights, optimizer and minibatch RNG of this run's newest
         checkpoint; progress and statistics keep counting (those env steps did happen)."""
         restore = lambda c: self.load_checkpoint(c, weights_only=True)  # noqa: E731
-        if not self.dist.enabled:
-            return self.checkpointer.restore_last_good(restore=restore, map_location=self.device)
-        # Every rank decides to roll back at the same step (the gradient norm is the global one):
-        # rank 0 loads its checkpoint and sends it, or the error, so all restore or all fail.
-        loaded: list[Checkpoint] = []
-        error = None
-        if self.dist.is_main:
-            try:
-                self.checkpointer.restore_last_good(restore=loaded.append, map_location="cpu")
-            except Exception as exc:  # noqa: BLE001 - sent to every rank, raised there
-                error = str(exc)
-        checkpoint, error = self.dist.broadcast_object((loaded[0] if loaded else None, error))
-        if error is not None:
-            raise CheckpointError(error)
-        restore(checkpoint)
-        return checkpoint.path
+        return self.checkpointer.restore_last_good(restore=restore, map_location=self.device, dist=self.dist)
 
     def add_hook(self, hook: Hook) -> None:
         self.hooks.add(hook)

@@ -9,6 +9,7 @@ rank must use, so anything found in another rank's folder is a write that should
 happened. After set-up and after every epoch each rank appends to ``OUT_DIR/rank<r>.jsonl``:
 the epoch, the agent step, a SHA-256 of its flat parameter buffer and of its Adam moments, and
 of the observations its rollout collected (which must differ between ranks: envs of their own).
+``DDP_TEST_NAN=rank:epoch`` makes that rank's value loss NaN during that epoch's update.
 """
 
 from __future__ import annotations
@@ -49,6 +50,18 @@ def main() -> None:
                 "stop": trainer.stop_reason(),
             }) + "\n")
             f.flush()
+
+        nan = os.environ.get("DDP_TEST_NAN")  # "rank:epoch": that rank's value loss is NaN in that epoch
+        if nan is not None and int(nan.split(":")[0]) == rank:
+            from metta_rl.core import ppo
+
+            value_loss, nan_epoch = ppo.value_loss, int(nan.split(":")[1])
+
+            def nan_value_loss(*args, **kwargs):
+                out = value_loss(*args, **kwargs)
+                return out * float("nan") if trainer.progress.epoch == nan_epoch else out
+
+            ppo.value_loss = nan_value_loss
 
         record("setup")
         while trainer.stop_reason() is None:

@@ -47,19 +47,21 @@ def _env() -> dict[str, str]:
     return env
 
 
-def launch(args: list[str], **kwargs) -> subprocess.Popen:
+def launch(args: list[str], extra_env: dict[str, str] | None = None) -> subprocess.Popen:
     return subprocess.Popen(
-        TORCHRUN + args, cwd=REPO, env=_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True, **kwargs,
+        TORCHRUN + args, cwd=REPO, env={**_env(), **(extra_env or {})}, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
     )
 
 
-def run_worker(config: dict, run_prefix: Path, out: Path, timeout: float = 120) -> list[list[dict]]:
+def run_worker(
+    config: dict, run_prefix: Path, out: Path, timeout: float = 120, extra_env: dict[str, str] | None = None
+) -> list[list[dict]]:
     """tests/ddp_worker.py on 2 ranks; returns each rank's records of this launch."""
     out.mkdir(parents=True, exist_ok=True)
     for f in out.glob("rank*.jsonl"):
         f.unlink()
-    proc = launch(["tests/ddp_worker.py", json.dumps(config), str(run_prefix), str(out)])
+    proc = launch(["tests/ddp_worker.py", json.dumps(config), str(run_prefix), str(out)], extra_env=extra_env)
     stdout, stderr = proc.communicate(timeout=timeout)
     assert proc.returncode == 0, stderr[-3000:]
     return [[json.loads(line) for line in (out / f"rank{r}.jsonl").read_text().splitlines()] for r in range(2)]
@@ -131,6 +133,22 @@ def test_recurrent_policy_two_ranks_identical_weights(tmp_path):
                         evaluation={"evaluate_interval": 0})
     records = run_worker(config, tmp_path / "run", tmp_path / "out")
     assert_ranks_agree(records, epochs=3)
+
+
+def test_a_nan_on_one_rank_rolls_back_every_rank_alike(tmp_path):
+    """Rank 1's loss is NaN for one epoch: the averaged gradient is NaN on both ranks, both skip
+    those steps, both roll back to rank 0's checkpoint at the same step, and go on identical."""
+    config = ddp_config(trainer={"total_timesteps": 128 * 6, "update_epochs": 1}, ppo={"target_kl": None},
+                        checkpoint={"interval": 1}, guard={"max_nonfinite_steps": 3, "max_rollbacks": 1},
+                        evaluation={"evaluate_interval": 0})
+    records = run_worker(config, tmp_path / "run", tmp_path / "out", extra_env={"DDP_TEST_NAN": "1:3"})
+    rank0, rank1 = records
+    assert [(a["params"], a["adam"]) for a in rank0] == [(b["params"], b["adam"]) for b in rank1]
+    rows = [json.loads(line) for line in (tmp_path / "run0" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["losses/skipped_steps"] for r in rows] == [0, 0, 0, 4, 0, 0]
+    assert [r["losses/rollbacks"] for r in rows] == [0, 0, 0, 1, 1, 1]
+    # Restored: the weights after the NaN epoch are those of the epoch-3 checkpoint.
+    assert rank0[4]["params"] == rank0[3]["params"] and rank0[5]["params"] != rank0[4]["params"]
 
 
 def _descendants(pid: int) -> list[psutil.Process]:
@@ -270,3 +288,46 @@ def test_without_torchrun_there_is_no_process_group(monkeypatch):
     t = torch.ones(3)
     assert d.mean_(t) is t and torch.equal(t, torch.ones(3)) and d.broadcast_object({"a": 1}) == {"a": 1}
     assert not torch.distributed.is_initialized()
+
+
+# ---------------------------------------------------------------------- the GPU path's switches, on the CPU
+def _three_epochs(tmp_path, name: str, **trainer) -> dict:
+    from metta_rl.trainer import Trainer
+    from tests.integration_utils import make_config
+
+    cfg = make_config(trainer={"total_timesteps": 64 * 3, **trainer}, policy={"hidden_sizes": [16], "lstm": True},
+                      evaluation={"enabled": False})
+    with Trainer(cfg, run_dir=tmp_path / name, console=False) as t:
+        before = t.optimizer.flat.detach().clone()
+        metrics = [t.train_epoch() for _ in range(3)][-1]
+        assert not torch.equal(before, t.optimizer.flat) and t.optimizer.weights_finite()
+    return metrics
+
+
+def test_amp_is_bf16_autocast_and_still_trains(tmp_path):
+    plain = _three_epochs(tmp_path, "fp32")
+    amp = _three_epochs(tmp_path, "amp", amp=True)
+    assert all(torch.isfinite(torch.tensor(amp[k])) for k in ("losses/policy_loss", "losses/value_loss"))
+    # bf16 matmuls: close to the float32 run, but not the same numbers (autocast is on).
+    assert amp["losses/value_loss"] != plain["losses/value_loss"]
+    assert amp["losses/value_loss"] == pytest.approx(plain["losses/value_loss"], rel=0.05)
+
+
+def test_compile_traces_the_forward_methods_and_trains_the_same(tmp_path, monkeypatch):
+    """torch.compile through dynamo (with its eager backend here: inductor's code generation takes
+    minutes on 2 cores) on forward_step and forward_sequence gives the uncompiled run's numbers."""
+    from metta_rl.core import device
+
+    compiled = []
+    real = torch.compile
+
+    def eager_compile(fn, **kwargs):
+        compiled.append(fn.__name__)
+        return real(fn, backend="eager", **kwargs)
+
+    monkeypatch.setattr(device.torch, "compile", eager_compile)
+    plain = _three_epochs(tmp_path, "plain")
+    with_compile = _three_epochs(tmp_path, "compiled", compile=True)
+    assert compiled == ["forward_step", "forward_sequence"]
+    for key in ("losses/policy_loss", "losses/value_loss", "losses/approx_kl"):
+        assert with_compile[key] == pytest.approx(plain[key], rel=1e-4, abs=1e-7), key
