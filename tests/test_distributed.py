@@ -331,3 +331,22 @@ def test_compile_traces_the_forward_methods_and_trains_the_same(tmp_path, monkey
     assert compiled == ["forward_step", "forward_sequence"]
     for key in ("losses/policy_loss", "losses/value_loss", "losses/approx_kl"):
         assert with_compile[key] == pytest.approx(plain[key], rel=1e-4, abs=1e-7), key
+
+
+def test_ranks_with_different_configs_are_refused_naming_the_keys():
+    class TwoRanks(Distributed):
+        def all_gather_object(self, obj):  # what rank 1 would send: another seed and lr
+            theirs = {**obj[1], "seed": 7, "optimizer": {**obj[1]["optimizer"], "learning_rate": 0.5}}
+            return [obj, ("/elsewhere", theirs)]
+
+    config = TrainerConfig.from_dict(config_dict()).to_dict()
+    d = TwoRanks(rank=0, world_size=2)
+    with pytest.raises(ConfigError, match=r"rank 1's config differs from rank 0's in optimizer.learning_rate, seed"):
+        d.agree_on_run("/runs/a", config)
+
+    class SameConfig(Distributed):
+        def all_gather_object(self, obj):  # rank 1's run name (a start time in it) differs: fine
+            return [("/runs/a", obj[1]), obj]
+
+    # Rank 1 (its run name, with a start time in it, differs) takes rank 0's run folder.
+    assert SameConfig(rank=1, world_size=2).agree_on_run("/runs/b", {**config, "run": "b"}) == "/runs/a"
