@@ -181,7 +181,11 @@ def preflight(argv: list[str]) -> None:
 
 
 def fail(message: str, code: int) -> None:
-    print(f"error: {message}", file=sys.stderr, flush=True)
+    """One line on stderr and exit ``code``; under torchrun the line names the rank
+    (``error: rank 1/2: ...``), so the rank that failed is the one its message is from."""
+    from metta_rl.distributed import rank_prefix
+
+    print(f"error: {rank_prefix()}{message}", file=sys.stderr, flush=True)
     raise SystemExit(code)
 
 

@@ -336,6 +336,17 @@ class TrainingLoopConfig(_Config):
     cores the env and the update then each get one; the cost is one update of policy lag (the
     PPO ratio is always taken against the log-probs stored at collection). A batch collected
     when training stops (target, signal) is trained on by the next ``train()``, not dropped.
+
+    Under torchrun (N ranks, :mod:`metta_rl.distributed`): ``batch_scope=global`` (the default)
+    makes ``batch_size`` and ``minibatch_size`` totals over all ranks (each rank collects and
+    trains on 1/N of them, which must divide), so a run means the same for any N;
+    ``per_rank`` makes them each rank's, so the global batch is N x ``batch_size``.
+    ``total_timesteps`` is always global agent steps. ``dist_timeout_s`` bounds every collective
+    (a rank that hangs ends the run with an error).
+
+    ``amp``: bf16 autocast of the policy's forward passes (rollout and update; the loss is
+    computed in float32). ``compile``: ``torch.compile`` the policy's forward methods (the first
+    epochs pay the compilation). Both off by default.
     """
 
     section: ClassVar[str] = "trainer"
@@ -349,6 +360,10 @@ class TrainingLoopConfig(_Config):
     update_threads: Int = Field(0, ge=0)
     overlap_rollout: bool = False
     target_return: float | None = None
+    batch_scope: Literal["global", "per_rank"] = "global"
+    amp: bool = False
+    compile: bool = False
+    dist_timeout_s: float = Field(600.0, gt=0)
 
     @field_validator("device")
     @classmethod
@@ -369,6 +384,10 @@ class TrainingLoopConfig(_Config):
             raise _Invalid(
                 f"a multiple of {{p}}minibatch_size={self.minibatch_size}", field="batch_size", value=self.batch_size
             )
+        if self.compile and self.overlap_rollout:
+            # The background collection acts with a copy of the policy; a compiled forward is
+            # bound to the original.
+            raise _Invalid("false with {p}overlap_rollout=true", field="compile", value=self.compile)
         return self
 
 

@@ -20,6 +20,13 @@ A checkpoint is the union of every manager's ``state_dict`` plus progress and RN
 When, where and which one is the :class:`~metta_rl.records.checkpointer.Checkpointer`'s.
 The run record (metrics.jsonl, summary.json) is written here, not by a hook: a record that
 cannot be written stops the run (:class:`~metta_rl.records.run_dir.RunRecordError`).
+
+Under torchrun (:mod:`metta_rl.distributed`) every rank runs this same loop on envs of its own
+and the update averages gradients, so the weights stay identical; agent steps are counted over
+all ranks. Rank 0 alone has side effects: hooks (console, W&B, TensorBoard...), the run record,
+checkpoints, evaluation and replays. It finds the checkpoint to resume and every rank loads
+that same state; it decides when to stop (budget, target, a hook), every rank's signals count,
+and all ranks stop after the same epoch.
 """
 
 from __future__ import annotations
@@ -48,8 +55,10 @@ from metta_rl.hooks import EpochReport, Hook, HookList, hook_from_spec
 from metta_rl.managers.optimizer import OptimizerManager
 from metta_rl.core.policy import Policy
 from metta_rl.core.policy_factory import make_policy
+from metta_rl.core.device import compile_policy
 from metta_rl.core.progress import TrainingProgress, steps_per_second
-from metta_rl.managers.rollout import RolloutManager
+from metta_rl.distributed import SINGLE, Distributed, global_batch, rank_batch
+from metta_rl.managers.rollout import RolloutManager, RolloutResult
 from metta_rl.records.checkpointer import Checkpointer
 from metta_rl.records.run_dir import RunDirectory
 from metta_rl.signals import StopSignals, TrainingInterrupted
@@ -71,10 +80,15 @@ def default_run_name(config: TrainerConfig) -> str:
     return f"{config.env.name}-s{config.seed}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
-def step_budget(config: TrainerConfig) -> int:
-    """The agent steps actually trained: whole epochs, never more than ``trainer.total_timesteps``
-    (CleanRL's rule; the config guarantees at least one batch)."""
-    batch = config.trainer.batch_size
+def step_budget(config: TrainerConfig, world_size: int = 1) -> int:
+    """The agent steps actually trained (over all ranks): whole epochs, never more than
+    ``trainer.total_timesteps`` (CleanRL's rule; the config guarantees at least one batch)."""
+    batch = global_batch(config.trainer, world_size)
+    if batch > config.trainer.total_timesteps:
+        raise ConfigError(
+            f"trainer.total_timesteps={config.trainer.total_timesteps} is invalid: expected at least one "
+            f"batch of {world_size} ranks x trainer.batch_size={config.trainer.batch_size} (batch_scope=per_rank)"
+        )
     return config.trainer.total_timesteps // batch * batch
 
 
@@ -110,6 +124,9 @@ class Trainer:
         self.checkpointer = Checkpointer(run_path=self.run_dir.path, config=self.config.checkpoint)
         self.guard = NonFiniteGuard(self.config.guard)
         self.eval_failures = 0
+        self.dist: Distributed = SINGLE
+        self._signals: StopSignals | None = None
+        self._agreed_stop: str | None = None  # rank 0's stop decision, on the other ranks
         self._setup_done = False
         self._started = False
 
@@ -123,45 +140,72 @@ class Trainer:
         # assignment to a nested section (config.trainer.target_return = 475) validates only it.
         TrainerConfig.from_dict(cfg.to_dict())
         check_runtime(cfg)
-        if cfg.resume == "never":
-            self.run_dir.check_new()
-        self.device = resolve_device(cfg.trainer.device)
-        if cfg.trainer.torch_threads > 0:
-            torch.set_num_threads(cfg.trainer.torch_threads)
-        random.seed(cfg.seed)
-        np.random.seed(cfg.seed)
-        torch.manual_seed(cfg.seed)
+        self.dist = dist = Distributed.from_env(
+            device_type=cfg.trainer.device.split(":")[0], timeout_s=cfg.trainer.dist_timeout_s
+        )
         try:
-            self.env = EnvironmentManager(env=cfg.env, vectorization=cfg.vectorization, seed=cfg.seed)
-            horizon = self.env.horizon(cfg.trainer.batch_size)
-            self.policy = make_policy(
-                obs_space=self.env.observation_space, action_space=self.env.action_space, config=cfg.policy,
-                token_layout=self.env.token_layout, env_kind=cfg.env.kind,
-            ).to(self.device)
-            self.optimizer = OptimizerManager(policy=self.policy, config=cfg.optimizer)
-            self.rollout = RolloutManager(
-                env=self.env, policy=self.policy, horizon=horizon, device=self.device,
-                overlap=cfg.trainer.overlap_rollout,
-            )
-            self.training = TrainingManager(
-                ppo=cfg.ppo, loop=cfg.trainer, horizon=horizon, recurrent=self.policy.is_recurrent, device=self.device, seed=cfg.seed
-            )
-            self.stats = StatsManager()
-            if cfg.evaluation.enabled:
-                self.evaluator = EvaluationManager(env=cfg.env, config=cfg.evaluation, seed=cfg.seed, device=self.device)
-            resumed = self.checkpointer.resume(cfg.resume, restore=self.load_checkpoint, map_location=self.device)
-            self.run_dir.open(cfg.to_dict(), resume_step=resumed.progress.agent_step if resumed else None)
+            self._setup(cfg, dist)
         except BaseException:
             self.cleanup()
             raise
-        # User hooks run first, so their custom metrics and checks see each epoch before the
-        # sinks (console, files, loggers) write it.
-        for hook in self._user_hooks:
-            self.hooks.add(hook)
-        for hook in default_hooks(cfg, self.run_dir, console=self._console):
-            self.hooks.add(hook)
+        if dist.is_main:
+            # User hooks run first, so their custom metrics and checks see each epoch before the
+            # sinks (console, files, loggers) write it.
+            for hook in self._user_hooks:
+                self.hooks.add(hook)
+            for hook in default_hooks(cfg, self.run_dir, console=self._console):
+                self.hooks.add(hook)
         self._setup_done = True
+        # A resumed run may be finished already: rank 0 knows, and stop_reason() agrees everywhere.
+        self._agree_on_stop()
         return self
+
+    def _setup(self, cfg: TrainerConfig, dist: Distributed) -> None:
+        if dist.enabled:
+            run_path = Path(dist.agree_on_run(str(self.run_dir.path), cfg.to_dict()))
+            self.run_dir = RunDirectory(run_path)
+            self.checkpointer = Checkpointer(run_path=run_path, config=cfg.checkpoint)
+        self.progress = TrainingProgress(total_timesteps=step_budget(cfg, dist.world_size))
+        if cfg.resume == "never" and dist.is_main:
+            self.run_dir.check_new()
+        self.device = resolve_device(str(dist.device(cfg.trainer.device)))
+        if cfg.trainer.torch_threads > 0:
+            torch.set_num_threads(cfg.trainer.torch_threads)
+        # The same seed on every rank: the same initial weights (rank 0's are broadcast anyway).
+        random.seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        torch.manual_seed(cfg.seed)
+        self.env = EnvironmentManager(env=cfg.env, vectorization=cfg.vectorization, seed=cfg.seed, rank=dist.rank)
+        batch, minibatch = rank_batch(cfg.trainer, dist.world_size)
+        split = dist.world_size if cfg.trainer.batch_scope == "global" else 1
+        horizon = self.env.horizon(batch, ranks=split)
+        self.policy = make_policy(
+            obs_space=self.env.observation_space, action_space=self.env.action_space, config=cfg.policy,
+            token_layout=self.env.token_layout, env_kind=cfg.env.kind,
+        ).to(self.device)
+        dist.broadcast_module(self.policy)
+        dist.seed_rank(cfg.seed, start=0)
+        if cfg.trainer.compile:
+            compile_policy(self.policy)
+        self.optimizer = OptimizerManager(policy=self.policy, config=cfg.optimizer, dist=dist)
+        self.rollout = RolloutManager(
+            env=self.env, policy=self.policy, horizon=horizon, device=self.device, amp=cfg.trainer.amp,
+            overlap=cfg.trainer.overlap_rollout,
+        )
+        loop = cfg.trainer if (batch, minibatch) == (cfg.trainer.batch_size, cfg.trainer.minibatch_size) else \
+            cfg.trainer.replace(batch_size=batch, minibatch_size=minibatch)
+        self.training = TrainingManager(
+            ppo=cfg.ppo, loop=loop, horizon=horizon, recurrent=self.policy.is_recurrent, device=self.device,
+            seed=cfg.seed, dist=dist,
+        )
+        self.stats = StatsManager()
+        if cfg.evaluation.enabled and dist.is_main:
+            self.evaluator = EvaluationManager(env=cfg.env, config=cfg.evaluation, seed=cfg.seed, device=self.device)
+        resumed = self.checkpointer.resume(cfg.resume, restore=self.load_checkpoint, map_location=self.device, dist=dist)
+        if resumed is not None:
+            dist.seed_rank(cfg.seed, start=resumed.epoch)  # not rank 0's restored RNG streams
+        if dist.is_main:
+            self.run_dir.open(cfg.to_dict(), resume_step=resumed.progress.agent_step if resumed else None)
 
     # ------------------------------------------------------------------ checkpoints
     @property
@@ -223,7 +267,7 @@ class Trainer:
                 self.eval_failures = int(state.get("eval_failures", 0))
                 saved_progress = TrainingProgress(**state["progress"])
                 # The step budget is this config's: a resumed run may be extended.
-                self.progress = replace(saved_progress, total_timesteps=step_budget(self.config))
+                self.progress = replace(saved_progress, total_timesteps=step_budget(self.config, self.dist.world_size))
                 ckpt_files.restore_rng(state["rng"])
                 # The summary of a run resumed when already finished reports its last epoch.
                 self.last_metrics = dict(checkpoint.metadata.get("metrics") or {})
@@ -237,9 +281,12 @@ class Trainer:
             self.checkpointer.loaded(self.progress.epoch)
         return checkpoint
 
-    def save_checkpoint(self) -> Path:
-        """Write a checkpoint of the current state; keep the last N and the best."""
+    def save_checkpoint(self) -> Path | None:
+        """Write a checkpoint of the current state; keep the last N and the best. Under
+        torchrun only rank 0 writes (the others return None): the weights are the same."""
         assert self.policy is not None
+        if not self.dist.is_main:
+            return None
         if not self.optimizer.weights_finite():
             raise TrainingError(
                 f"policy weights are not finite at epoch {self.progress.epoch}: refusing to write a checkpoint"
@@ -266,19 +313,21 @@ class Trainer:
         """The guard's rollback: weights, optimizer and minibatch RNG of this run's newest
         checkpoint; progress and statistics keep counting (those env steps did happen)."""
         restore = lambda c: self.load_checkpoint(c, weights_only=True)  # noqa: E731
-        return self.checkpointer.restore_last_good(restore=restore, map_location=self.device)
+        return self.checkpointer.restore_last_good(restore=restore, map_location=self.device, dist=self.dist)
 
     def add_hook(self, hook: Hook) -> None:
         self.hooks.add(hook)
 
     def cleanup(self) -> None:
-        """Close envs and hooks. Safe to call more than once, and after a failed setup."""
+        """Close envs and hooks, and leave the process group. Safe to call more than once, and
+        after a failed setup."""
         if getattr(self, "rollout", None) is not None:
             self.rollout.wait()  # a background collection still stepping the env
         for closer in (self.env, self.evaluator):
             if closer is not None:
                 closer.close()
         self.hooks.close()
+        self.dist.close()
 
     def __enter__(self) -> Trainer:
         return self.setup()
@@ -294,7 +343,7 @@ class Trainer:
             self._started = True
             self.hooks.call("on_train_start", progress=self.progress, config=self.config, run_dir=self.run_dir,
                             resumed_from=self.resumed_from)
-            if self.checkpointer.rollback_target is None:
+            if self.checkpointer.rollback_target is None and self.dist.is_main:
                 # The initial policy (fresh, or resumed from another run's checkpoint): a resume
                 # point before the first interval, and the non-finite guard's rollback target.
                 self.save_checkpoint()
@@ -305,6 +354,8 @@ class Trainer:
         assert self.policy is not None
         t0 = time.perf_counter()
         rollout = self.rollout.collect(self.policy, self.progress)
+        if self.dist.enabled:  # agent steps and episodes of every rank
+            rollout = RolloutResult.combined(self.dist.all_gather_object(rollout), local=rollout)
         self.hooks.call("on_rollout_end", progress=self.progress, rollout=rollout)
         prev = self.progress
         step_after, epoch_after = prev.agent_step + rollout.agent_steps, prev.epoch + 1
@@ -339,14 +390,29 @@ class Trainer:
         report = EpochReport(progress=progress, rollout=rollout, losses=losses, timings=timings, eval=epoch_eval)
         metrics.update(self.hooks.custom_metrics(report))
         self.last_metrics = metrics
-        self.run_dir.append_metrics(metrics)  # the run record first; a failed write stops the run
+        if self.dist.is_main:
+            self.run_dir.append_metrics(metrics)  # the run record first; a failed write stops the run
         self.hooks.call("on_epoch_end", progress=progress, metrics=MappingProxyType(metrics), report=report)
+        self._agree_on_stop()
         # After the metrics line is written: a resume truncates metrics.jsonl to its checkpoint.
         # A run that stops here (budget, target, a hook) ends with a checkpoint of this epoch.
         done = self.stop_reason() is not None
-        if self.checkpointer.due(prev.epoch, progress.epoch, done=done, new_best=new_best):
+        if self.dist.is_main and self.checkpointer.due(prev.epoch, progress.epoch, done=done, new_best=new_best):
             self.save_checkpoint()
         return metrics
+
+    def _agree_on_stop(self) -> None:
+        """Under torchrun: every rank learns rank 0's stop decision (it alone evaluates and runs
+        the hooks) and whether any rank got a signal, so all stop after the same epoch."""
+        if not self.dist.enabled:
+            return
+        signals = self._signals
+        mine = (self.stop_reason() if self.dist.is_main else None, signals.signum if signals is not None else None)
+        votes = self.dist.all_gather_object(mine)
+        self._agreed_stop = votes[0][0]
+        signum = next((sig for _, sig in votes if sig is not None), None)
+        if signals is not None and signals.signum is None and signum is not None:
+            signals.signum = signum
 
     @property
     def target_reached(self) -> bool:
@@ -365,6 +431,8 @@ class Trainer:
         """Why training is over now, or None while it goes on: ``"target_return"``,
         ``"total_timesteps"`` (the step budget is spent), or a hook's
         :class:`~metta_rl.hooks.StopTraining` reason (e.g. ``"pruned"``)."""
+        if not self.dist.is_main:
+            return self._agreed_stop  # rank 0's (see _agree_on_stop)
         if self.target_reached:
             return "target_return"
         if self.progress.done:
@@ -382,17 +450,23 @@ class Trainer:
         self._start()
         try:
             with StopSignals() as stop:
+                self._signals = stop
+                self._agree_on_stop()  # a resumed run may be finished already (rank 0 knows)
                 while self.stop_reason() is None:
                     self.train_epoch()
                     if stop.signum is not None and self.stop_reason() is None:
                         path = self.checkpointer.saved_at(self.progress.epoch) or self.save_checkpoint()
-                        self.run_dir.write_summary(self.summary(stop_reason="interrupted"))
+                        if self.dist.is_main:
+                            self.run_dir.write_summary(self.summary(stop_reason="interrupted"))
                         raise TrainingInterrupted(stop.signum, path, self.progress.agent_step)
             summary = self.summary()
-            self.run_dir.write_summary(summary)
+            if self.dist.is_main:
+                self.run_dir.write_summary(summary)
         except BaseException as exc:
             self.hooks.call("on_failure", progress=self.progress, error=exc)
             raise
+        finally:
+            self._signals = None
         self.hooks.call("on_train_end", progress=self.progress, summary=summary)
         return TrainResult(summary=summary, progress=self.progress, metrics=self.last_metrics, eval=self.last_eval)
 
@@ -417,6 +491,8 @@ class Trainer:
         """Evaluate the current policy now (as configured in ``evaluation``), outside the schedule.
         Unlike a scheduled one, a failure here raises."""
         self._start()
+        if not self.dist.is_main:
+            raise RuntimeError("Trainer.evaluate() under torchrun runs on rank 0 only (the weights are the same)")
         if self.evaluator is None:
             raise ConfigError("evaluation.enabled=False is invalid for Trainer.evaluate(): expected true")
         return self._evaluate_now(agent_step=self.progress.agent_step, epoch=self.progress.epoch)

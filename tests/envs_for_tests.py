@@ -23,6 +23,7 @@ Gymnasium envs (registered when this module is imported; use ``env.kind=gym`` wi
 from __future__ import annotations
 
 import functools
+import os
 
 import gymnasium
 import numpy as np
@@ -234,6 +235,26 @@ class EpisodeEndsEnv(gymnasium.Env):
         end = self.TRUNCATE_AFTER if self.truncates else self.TERMINATE_AFTER
         over = self._t >= end
         return self._obs(), reward, over and not self.truncates, over and self.truncates, {}
+
+
+class _FailsOnRank(gymnasium.Wrapper):
+    def __init__(self, env: gymnasium.Env, *, rank: int, at_step: int) -> None:
+        super().__init__(env)
+        self.fails = int(os.environ.get("RANK", 0)) == rank
+        self.at_step = at_step
+        self.steps = 0
+
+    def step(self, action):
+        self.steps += 1
+        if self.fails and self.steps >= self.at_step:
+            raise RuntimeError(f"test env fails on rank {os.environ.get('RANK')} at step {self.steps}")
+        return self.env.step(action)
+
+
+def cartpole_failing_on_rank(rank: int = 1, at_step: int = 100) -> gymnasium.Env:
+    """CartPole that raises at step ``at_step`` in the process of torchrun rank ``rank`` only:
+    the distributed tests' failing rank."""
+    return _FailsOnRank(gymnasium.make("CartPole-v1"), rank=rank, at_step=at_step)
 
 
 def register_gym_envs() -> None:

@@ -5,6 +5,7 @@
     python tools/train.py env=cartpole trainer.target_return=475     # stop once eval reaches 475
     python tools/train.py -m env=cartpole seed=0,1,2 run=sweep
     python tools/train.py env=acrobot trainer.total_timesteps=200000 runs_dir=/tmp/runs
+    torchrun --standalone --nproc_per_node=2 tools/train.py env=cartpole run=cp2   # 2 ranks (README)
 
 Writes ``<runs_dir>/<run>/`` with config.yaml, metrics.jsonl, summary.json and checkpoints/.
 Running the same command (same ``run``) again resumes from the newest complete checkpoint (a
@@ -33,6 +34,7 @@ from metta_rl.signals import TrainingInterrupted  # noqa: E402
 
 def train(config: TrainerConfig, run_dir: Path) -> None:
     """One run, its errors as exit codes and one line each."""
+    from metta_rl.distributed import DistributedError, env_rank
     from metta_rl.managers.environment import EnvError
     from metta_rl.managers.guard import TrainingError
     from metta_rl.trainer import Trainer
@@ -42,12 +44,14 @@ def train(config: TrainerConfig, run_dir: Path) -> None:
             trainer.train()
     except (ConfigError, RunExistsError, CheckpointError) as exc:
         cli.fail(str(exc), cli.EXIT_BAD_INPUT)
-    except (EnvError, TrainingError, RunRecordError) as exc:
+    except (EnvError, TrainingError, RunRecordError, DistributedError) as exc:
         # A run record or checkpoint that cannot be written is a failure of the run, not of its input.
         cli.fail(str(exc), 1)
     except TrainingInterrupted as exc:
-        # Envs and workers are closed by now (the Trainer's context manager).
-        print(str(exc), file=sys.stderr, flush=True)
+        # Envs and workers are closed by now (the Trainer's context manager). Under torchrun
+        # rank 0 (which wrote the checkpoint) says so; every rank exits alike.
+        if env_rank()[0] == 0:
+            print(str(exc), file=sys.stderr, flush=True)
         raise SystemExit(exc.exit_code) from None
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr, flush=True)

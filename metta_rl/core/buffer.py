@@ -6,6 +6,8 @@ observation is evaluated twice and no step is lost between epochs.
 
 The tensors live on the CPU (the rollout writes them through numpy views, which costs a
 fraction of a torch indexing call) and are copied to the training device once per epoch.
+With ``pin=True`` (a CUDA device) they are in pinned (page-locked) host memory, so those copies,
+and the rollout's per-step ones, can be asynchronous (``non_blocking``).
 """
 
 from __future__ import annotations
@@ -35,24 +37,29 @@ class ExperienceBuffer:
         obs_dtype: np.dtype,
         num_heads: int,
         lstm_size: int | None = None,
+        pin: bool = False,
     ) -> None:
         self.rows = rows
         self.horizon = horizon
         cols = horizon + 1
         torch_obs = _TORCH_DTYPES.get(np.dtype(obs_dtype), torch.float32)
-        self.obs = torch.zeros(rows, cols, *obs_shape, dtype=torch_obs)
-        self.actions = torch.zeros(rows, cols, num_heads, dtype=torch.int64)
-        self.logprobs = torch.zeros(rows, cols)
-        self.values = torch.zeros(rows, cols)
-        self.rewards = torch.zeros(rows, cols)
-        self.terminated = torch.zeros(rows, cols)
-        self.truncated = torch.zeros(rows, cols)
-        self.valid = torch.zeros(rows, cols)
-        self.first = torch.zeros(rows, cols)
+
+        def zeros(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+            return torch.zeros(*shape, dtype=dtype, pin_memory=pin) if pin else torch.zeros(*shape, dtype=dtype)
+
+        self.obs = zeros(rows, cols, *obs_shape, dtype=torch_obs)
+        self.actions = zeros(rows, cols, num_heads, dtype=torch.int64)
+        self.logprobs = zeros(rows, cols)
+        self.values = zeros(rows, cols)
+        self.rewards = zeros(rows, cols)
+        self.terminated = zeros(rows, cols)
+        self.truncated = zeros(rows, cols)
+        self.valid = zeros(rows, cols)
+        self.first = zeros(rows, cols)
         # Recurrent state before column 0 of each row (what training replays from).
-        self.state0 = (torch.zeros(rows, lstm_size), torch.zeros(rows, lstm_size)) if lstm_size else None
+        self.state0 = (zeros(rows, lstm_size), zeros(rows, lstm_size)) if lstm_size else None
         # Recurrent state before column T: becomes ``state0`` when column T is carried over.
-        self.next_state0 = (torch.zeros(rows, lstm_size), torch.zeros(rows, lstm_size)) if lstm_size else None
+        self.next_state0 = (zeros(rows, lstm_size), zeros(rows, lstm_size)) if lstm_size else None
         # Numpy views for the per-step writes of the rollout loop.
         self.np_obs = self.obs.numpy()
         self.np_actions = self.actions.numpy()

@@ -78,6 +78,51 @@ def normalize_advantages(advantages: torch.Tensor, mask: torch.Tensor | None = N
     return centered / (std + 1e-8)
 
 
+# Data-parallel versions of the statistics above: each rank computes the moments of its share,
+# the ranks sum them (one all-reduce, metta_rl.distributed), and these turn the sums into the
+# statistics of the whole (global) minibatch. In float64: a variance from sums of squares
+# loses nothing that matters at float32 advantage magnitudes.
+
+
+def masked_moments(x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """``[count, sum, sum of squares]`` (float64) of the valid entries: they add up across shards."""
+    x = x.reshape(-1).to(torch.float64)
+    m = torch.ones_like(x) if mask is None else mask.reshape(-1).to(torch.float64)
+    xm = x * m
+    return torch.stack([m.sum(), xm.sum(), torch.dot(xm, x)])
+
+
+def moments_mean_std(moments: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and population std from :func:`masked_moments` (summed over shards)."""
+    count = moments[0].clamp_min(1.0)
+    mean = moments[1] / count
+    var = (moments[2] / count - mean * mean).clamp_min(0.0)
+    return mean, var.sqrt()
+
+
+def normalize_with_moments(advantages: torch.Tensor, moments: torch.Tensor) -> torch.Tensor:
+    """:func:`normalize_advantages` with the mean and std of the whole minibatch (all shards)."""
+    mean, std = moments_mean_std(moments)
+    return (advantages - mean.to(advantages.dtype)) / (std.to(advantages.dtype) + 1e-8)
+
+
+def shard_weights(mask: torch.Tensor, global_count: torch.Tensor, shards: int, dtype: torch.dtype) -> torch.Tensor:
+    """``mask * shards / global_count``: with these weights the mean over shards of each shard's
+    weighted sum (what averaging gradients over ranks computes) is the mean over every valid
+    step of the whole minibatch, however the valid steps fall between the shards."""
+    return mask.to(dtype) * (shards / float(global_count.clamp_min(1.0)))
+
+
+def explained_variance_from_moments(returns_moments: torch.Tensor, error_moments: torch.Tensor) -> float:
+    """:func:`explained_variance` from the summed moments of the returns and of ``returns - values``."""
+    _, std_ret = moments_mean_std(returns_moments)
+    _, std_err = moments_mean_std(error_moments)
+    var_ret = float(std_ret) ** 2
+    if var_ret == 0.0:
+        return float("nan")
+    return 1.0 - float(std_err) ** 2 / var_ret
+
+
 # Each term is a mean over valid steps, written as a dot product with ``weights``
 # (``mean_weights(mask)``, computed once per minibatch): the update evaluates them 20 times
 # an epoch on small batches, where every tensor op counts.

@@ -193,9 +193,11 @@ class EnvCreator:
 
 def make_creators(
     kind: str, env_id: str, kwargs: dict[str, Any], *, seed: int, stream: int, num_envs: int,
-    render_mode: str | None = None,
+    render_mode: str | None = None, first_index: int = 0,
 ) -> list[EnvCreator]:
+    """``first_index``: the index of the first env (rank r of a torchrun launch has envs
+    ``r * num_envs ...``, so every env of every rank has a seed of its own)."""
     frozen = tuple(sorted(kwargs.items()))
     return [
-        EnvCreator(kind, env_id, frozen, seed, stream, i, render_mode) for i in range(num_envs)
+        EnvCreator(kind, env_id, frozen, seed, stream, first_index + i, render_mode) for i in range(num_envs)
     ]

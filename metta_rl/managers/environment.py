@@ -61,7 +61,10 @@ class EnvironmentManager:
         seed: int,
         stream: int = TRAIN_STREAM,
         render_mode: str | None = None,
+        rank: int = 0,
     ) -> None:
+        """``rank``: this process's rank under torchrun; its envs are seeded as the global env
+        indices ``rank * num_envs ...`` (rank 0's are those of a single-process run)."""
         self.env_config = env
         self.token_layout: TokenLayout | None = None
         if env.kind == "mettagrid":
@@ -70,7 +73,8 @@ class EnvironmentManager:
             self.token_layout = token_layout(env)
         num_envs = vectorization.num_envs
         creators = make_creators(
-            env.kind, env.id, env.kwargs, seed=seed, stream=stream, num_envs=num_envs, render_mode=render_mode
+            env.kind, env.id, env.kwargs, seed=seed, stream=stream, num_envs=num_envs, render_mode=render_mode,
+            first_index=rank * num_envs,
         )
         kwargs: dict[str, Any] = {}
         if vectorization.backend == "multiprocessing":
@@ -105,10 +109,15 @@ class EnvironmentManager:
         self.single_action = isinstance(self.action_space, gymnasium.spaces.Discrete)
         self._closed = False
 
-    def horizon(self, batch_size: int) -> int:
-        """Steps per agent row per epoch for a batch of ``batch_size`` agent steps."""
+    def horizon(self, batch_size: int, *, ranks: int = 1) -> int:
+        """Steps per agent row per epoch for a batch of ``batch_size`` agent steps (this
+        process's share of ``trainer.batch_size`` when it is split over ``ranks``)."""
         if batch_size % self.num_agents:
+            share = f" per rank (trainer.batch_size / {ranks} ranks)" if ranks > 1 else ""
             raise ConfigError(
+                f"trainer.batch_size={batch_size * ranks} is invalid: expected {batch_size}{share} to be a multiple "
+                f"of the agent count ({self.num_agents} = vectorization.num_envs x agents per env)"
+                if share else
                 f"trainer.batch_size={batch_size} is invalid: expected a multiple of the agent count "
                 f"({self.num_agents} = vectorization.num_envs x agents per env)"
             )

@@ -14,6 +14,8 @@ import torch
 
 from metta_rl.core.buffer import ExperienceBuffer
 from metta_rl.config import ConfigError, PPOConfig, TrainingLoopConfig
+from metta_rl.core.device import autocast
+from metta_rl.distributed import SINGLE, Distributed
 from metta_rl.managers.optimizer import OptimizerManager
 from metta_rl.core.policy import Policy, entropy, log_prob
 from metta_rl.core.ppo import (
@@ -21,9 +23,13 @@ from metta_rl.core.ppo import (
     clip_fraction,
     compute_gae,
     explained_variance,
+    explained_variance_from_moments,
+    masked_moments,
     mean_weights,
     normalize_advantages,
+    normalize_with_moments,
     ppo_loss,
+    shard_weights,
     weighted_mean,
 )
 from metta_rl.core.progress import TrainingProgress
@@ -47,14 +53,22 @@ class LossStats:
 
 
 class TrainingManager:
+    """``loop`` gives this process's sizes: under torchrun each rank's share of the batch and
+    minibatch (the Trainer's :func:`metta_rl.distributed.rank_batch`). With ``dist`` enabled a
+    minibatch is the union of every rank's share: advantages are normalized with its global
+    mean and std, the loss is its global mean (the optimizer averages the gradients), and the
+    KL early stop and the statistics are the global ones, so every rank makes the same steps."""
+
     def __init__(
-        self, *, ppo: PPOConfig, loop: TrainingLoopConfig, horizon: int, recurrent: bool, device: torch.device, seed: int
+        self, *, ppo: PPOConfig, loop: TrainingLoopConfig, horizon: int, recurrent: bool, device: torch.device, seed: int,
+        dist: Distributed = SINGLE,
     ) -> None:
         self.ppo = ppo
         self.loop = loop
         self.horizon = horizon
         self.recurrent = recurrent
         self.device = device
+        self.dist = dist
         if recurrent and loop.minibatch_size % horizon:
             raise ConfigError(
                 f"trainer.minibatch_size={loop.minibatch_size} is invalid: with a recurrent policy (policy.lstm=true, policy.kind=mettagrid) a minibatch is "
@@ -85,29 +99,29 @@ class TrainingManager:
         optim.apply_schedule(progress)
         policy.train()
 
-        values = buffer.values[:, : T + 1].to(dev)
+        values = buffer.values[:, : T + 1].to(dev, non_blocking=True)
         advantages, returns = compute_gae(
-            buffer.rewards[:, :T].to(dev),
+            buffer.rewards[:, :T].to(dev, non_blocking=True),
             values,
-            buffer.terminated[:, :T].to(dev),
-            buffer.truncated[:, :T].to(dev),
+            buffer.terminated[:, :T].to(dev, non_blocking=True),
+            buffer.truncated[:, :T].to(dev, non_blocking=True),
             gamma=ppo.gamma,
             gae_lambda=ppo.gae_lambda,
         )
         data = {
-            "obs": policy.training_observations(buffer.obs[:, :T]).to(dev),
-            "actions": buffer.actions[:, :T].to(dev),
-            "old_logprobs": buffer.logprobs[:, :T].to(dev),
+            "obs": policy.training_observations(buffer.obs[:, :T]).to(dev, non_blocking=True),
+            "actions": buffer.actions[:, :T].to(dev, non_blocking=True),
+            "old_logprobs": buffer.logprobs[:, :T].to(dev, non_blocking=True),
             "old_values": values[:, :T],
             "advantages": advantages,
             "returns": returns,
-            "valid": buffer.valid[:, :T].to(dev),
+            "valid": buffer.valid[:, :T].to(dev, non_blocking=True),
         }
         rows = buffer.rows
         if self.recurrent:
             # A minibatch is whole rows: the LSTM replays each row from its saved state.
-            data["first"] = buffer.first[:, :T].to(dev)
-            data["h0"], data["c0"] = (s.to(dev) for s in buffer.state0)
+            data["first"] = buffer.first[:, :T].to(dev, non_blocking=True)
+            data["h0"], data["c0"] = (s.to(dev, non_blocking=True) for s in buffer.state0)
             units, per_mb = rows, self.loop.minibatch_size // T
         else:
             data = {k: v.reshape(rows * T, *v.shape[2:]) for k, v in data.items()}
@@ -126,19 +140,22 @@ class TrainingManager:
         epochs_run = 0
         skipped_before = optim.skipped_steps
         # One minibatch: order is irrelevant, so skip the shuffle and prepare it once.
-        single = [self._prepare(data)] if per_mb >= units else None
+        single = self._prepare_all([data]) if per_mb >= units else None
         for _ in range(self.loop.update_epochs):
             epochs_run += 1
             if single is not None:
                 minibatches = single
             else:
-                perm = torch.randperm(units, generator=self.generator).to(dev)
-                minibatches = [self._prepare({k: v[idx] for k, v in data.items()}) for idx in perm.split(per_mb)]
+                perm = torch.randperm(units, generator=self.generator).to(dev, non_blocking=True)
+                minibatches = self._prepare_all([{k: v[idx] for k, v in data.items()} for idx in perm.split(per_mb)])
             for mb in minibatches:
-                if self.recurrent:
-                    logits, new_values = policy.forward_sequence(mb["obs"], (mb["h0"], mb["c0"]), mb["first"])
-                else:
-                    logits, new_values, _ = policy.forward_step(mb["obs"])
+                with autocast(dev, self.loop.amp):
+                    if self.recurrent:
+                        logits, new_values = policy.forward_sequence(mb["obs"], (mb["h0"], mb["c0"]), mb["first"])
+                    else:
+                        logits, new_values, _ = policy.forward_step(mb["obs"])
+                if self.loop.amp:  # the loss in float32
+                    logits, new_values = logits.float(), new_values.float()
                 weights = mb["weights"]
                 out = ppo_loss(
                     new_logprob=log_prob(logits, mb["actions"], policy.nvec),
@@ -161,7 +178,7 @@ class TrainingManager:
             if ppo.target_kl is not None:
                 n = len(minibatches)
                 kl = approx_kl(torch.stack(logratios[-n:]), torch.stack(weights_seen[-n:]) / n)
-                if kl.item() > ppo.target_kl:
+                if self.dist.mean_(kl.detach().clone()).item() > ppo.target_kl:  # the same stop on every rank
                     break
 
         steps = len(scalars)
@@ -169,11 +186,15 @@ class TrainingManager:
         all_logratios = torch.stack(logratios)
         with torch.no_grad():
             ent = weighted_mean(entropy(torch.stack(logits_seen), policy.nvec), all_weights)
-        means = torch.stack(scalars).mean(0).tolist()
+        means = torch.stack(scalars).mean(0)
         diag = torch.stack(
             [ent, approx_kl(all_logratios, all_weights), clip_fraction(all_logratios, ppo.clip_coef, all_weights)]
-        ).tolist()
-        ev = explained_variance(data["old_values"].reshape(-1), returns.reshape(-1), data["valid"].reshape(-1))
+        )
+        if self.dist.enabled:
+            means, diag, ev = self._global_stats(means, diag, data, returns)
+        else:
+            ev = explained_variance(data["old_values"].reshape(-1), returns.reshape(-1), data["valid"].reshape(-1))
+        means, diag = means.tolist(), diag.tolist()
         return LossStats(
             policy_loss=means[0],
             value_loss=means[1],
@@ -186,6 +207,37 @@ class TrainingManager:
             minibatches=steps,
             skipped_steps=optim.skipped_steps - skipped_before,
         )
+
+    def _prepare_all(self, minibatches: list[dict[str, torch.Tensor]]) -> list[dict[str, torch.Tensor]]:
+        """:meth:`_prepare` every minibatch of one update epoch; under torchrun with the global
+        advantage moments and valid counts of each, summed over ranks in one all-reduce."""
+        if not self.dist.enabled:
+            return [self._prepare(mb) for mb in minibatches]
+        moments = self.dist.sum_(torch.stack([masked_moments(mb["advantages"], mb["valid"]) for mb in minibatches]))
+        world = self.dist.world_size
+        out = []
+        for mb, m in zip(minibatches, moments):
+            adv = normalize_with_moments(mb["advantages"], m) if self.ppo.norm_adv else mb["advantages"]
+            out.append({**mb, "advantages": adv, "weights": shard_weights(mb["valid"], m[0], world, adv.dtype)})
+        return out
+
+    def _global_stats(
+        self, means: torch.Tensor, diag: torch.Tensor, data: dict[str, torch.Tensor], returns: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """The logged statistics over every rank's data, in one all-reduce: the loss means and
+        diagnostics are means of the ranks' shard-weighted sums (global means, see
+        :func:`~metta_rl.core.ppo.shard_weights`), explained variance from summed moments."""
+        valid = data["valid"].reshape(-1)
+        ret = returns.reshape(-1)
+        ret_m = masked_moments(ret, valid)
+        err_m = masked_moments(ret - data["old_values"].reshape(-1), valid)
+        world = self.dist.world_size
+        # Means are summed, then divided by the world size; moments are summed as they are.
+        packed = torch.cat([means.double() / world, diag.double() / world, ret_m, err_m])
+        self.dist.sum_(packed)
+        n, k = means.numel(), diag.numel()
+        ev = explained_variance_from_moments(packed[n + k : n + k + 3], packed[n + k + 3 :])
+        return packed[:n], packed[n : n + k], ev
 
     def _prepare(self, mb: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Add what a minibatch needs that does not depend on the policy: normalized

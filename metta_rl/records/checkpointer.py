@@ -6,6 +6,10 @@ knows neither the Trainer nor the managers: what goes into a checkpoint is hande
 :meth:`Checkpointer.save` (the Trainer's :meth:`~metta_rl.trainer.Trainer.checkpoint_state`,
 the one place it is gathered), and putting one back is a ``restore`` callback (the Trainer's
 :meth:`~metta_rl.trainer.Trainer.load_checkpoint`, the one place it is restored).
+
+Under torchrun (``dist``) rank 0 picks and loads the checkpoint, on the CPU, and sends it to
+the other ranks, which restore that same state: no shared file system is needed, and the
+ranks cannot pick different checkpoints.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any
 
 from metta_rl.config import CheckpointConfig
 from metta_rl.core.progress import TrainingProgress, crossed, resumed_message
+from metta_rl.distributed import SINGLE, Distributed
 from metta_rl.records import checkpoint as files
 from metta_rl.records.checkpoint import Checkpoint, CheckpointError
 from metta_rl.records.run_dir import RunRecordError, record_error
@@ -45,9 +50,21 @@ class Checkpointer:
         return self.run_path / files.CHECKPOINTS
 
     # ------------------------------------------------------------------ resume
-    def resume(self, resume: str, *, restore: Restore, map_location: Any) -> Checkpoint | None:
+    def resume(
+        self, resume: str, *, restore: Restore, map_location: Any, dist: Distributed = SINGLE
+    ) -> Checkpoint | None:
         """Load the checkpoint ``resume`` names (``never``: none; ``auto``: the newest of this
         run that loads, skipping damaged ones by name; else a path) and ``restore`` it."""
+        if not dist.enabled:
+            return self._resume(resume, restore=restore, map_location=map_location)
+        checkpoint = self._resume(resume, restore=restore, map_location="cpu") if dist.is_main else None
+        checkpoint = dist.broadcast_object(checkpoint)
+        if checkpoint is not None and not dist.is_main:
+            restore(checkpoint)
+            self.resumed_from = checkpoint.path
+        return checkpoint
+
+    def _resume(self, resume: str, *, restore: Restore, map_location: Any) -> Checkpoint | None:
         if resume == "never":
             return None
         candidates = files.list_checkpoints(self.run_path) if resume == "auto" else [Path(resume)]
@@ -115,10 +132,27 @@ class Checkpointer:
         return path
 
     # ------------------------------------------------------------------ rollback
-    def restore_last_good(self, *, restore: Restore, map_location: Any) -> Path:
-        """The guard's rollback: load :attr:`rollback_target` and ``restore`` it."""
-        if self.rollback_target is None:
-            raise CheckpointError(f"run {self.run_path} has no checkpoint of its own yet")
-        checkpoint = files.load_checkpoint(self.rollback_target, map_location=map_location)
+    def restore_last_good(self, *, restore: Restore, map_location: Any, dist: Distributed = SINGLE) -> Path:
+        """The guard's rollback: load :attr:`rollback_target` and ``restore`` it.
+
+        Under torchrun every rank decides to roll back at the same step (the gradient norm is
+        the global one), and rank 0 sends the checkpoint, or its error, so all restore or all fail."""
+        if not dist.enabled:
+            checkpoint = self._last_good(map_location)
+        else:
+            found: tuple[Checkpoint | None, str | None] = (None, None)
+            if dist.is_main:
+                try:
+                    found = (self._last_good("cpu"), None)
+                except Exception as exc:  # noqa: BLE001 - sent to every rank, raised there
+                    found = (None, str(exc))
+            checkpoint, error = dist.broadcast_object(found)
+            if error is not None:
+                raise CheckpointError(error)
         restore(checkpoint)
         return checkpoint.path
+
+    def _last_good(self, map_location: Any) -> Checkpoint:
+        if self.rollback_target is None:
+            raise CheckpointError(f"run {self.run_path} has no checkpoint of its own yet")
+        return files.load_checkpoint(self.rollback_target, map_location=map_location)
