@@ -145,7 +145,10 @@ class Trainer:
             )
             self.stats = StatsManager()
             if cfg.evaluation.enabled:
-                self.evaluator = EvaluationManager(env=cfg.env, config=cfg.evaluation, seed=cfg.seed, device=self.device)
+                self.evaluator = EvaluationManager(
+                    env=cfg.env, config=cfg.evaluation, seed=cfg.seed, device=self.device,
+                    target=cfg.trainer.target_return is not None,
+                )
             resumed = self.checkpointer.resume(cfg.resume, restore=self.load_checkpoint, map_location=self.device)
             self.run_dir.open(cfg.to_dict(), resume_step=resumed.progress.agent_step if resumed else None)
         except BaseException:
