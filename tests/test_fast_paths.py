@@ -152,3 +152,26 @@ def test_gae_numpy_loop_is_bit_identical_to_the_torch_loop():
     slow = compute_gae(rewards, values.clone().requires_grad_(True), terminated, truncated, gamma=0.98, gae_lambda=0.8)
     assert slow[0].requires_grad
     assert torch.equal(fast[0], slow[0].detach()) and torch.equal(fast[1], slow[1].detach())
+
+
+@pytest.mark.parametrize("hidden", [(64, 64), (32,), (16, 24, 8)])
+def test_the_one_node_training_forward_has_autograd_s_values_and_gradients_bit_for_bit(hidden):
+    policy = _policy(hidden=hidden)
+    obs, g_logits, g_values = torch.randn(256, 4), torch.randn(256, 3), torch.randn(256)
+
+    def grads(forward):
+        policy.zero_grad(set_to_none=True)
+        logits, values = forward()
+        torch.autograd.backward([logits, values], [g_logits, g_values])
+        return logits.detach(), values.detach(), [p.grad.clone() for p in policy.parameters()]
+
+    def plain():
+        actor_in, critic_in = policy.twin.forward(policy._flat(obs))
+        return (F.linear(actor_in, policy.actor.weight, policy.actor.bias),
+                F.linear(critic_in, policy.critic.weight, policy.critic.bias).squeeze(-1))
+
+    fused = grads(lambda: policy.forward_step(obs)[:2])
+    reference = grads(plain)
+    assert policy.forward_step(obs)[0].grad_fn.name() == "TwinActorCriticFnBackward"
+    assert torch.equal(fused[0], reference[0]) and torch.equal(fused[1], reference[1])
+    assert all(torch.equal(a, b) for a, b in zip(fused[2], reference[2]))

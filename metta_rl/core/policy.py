@@ -25,10 +25,9 @@ import gymnasium
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from metta_rl.config import ConfigError, PolicyConfig
-from metta_rl.core.twin_mlp import NUMPY_INFERENCE_ROWS, NumpyInference, TwinMLP
+from metta_rl.core.twin_mlp import NUMPY_INFERENCE_ROWS, NumpyInference, TwinMLP, twin_actor_critic
 
 LSTMState = tuple[torch.Tensor, torch.Tensor]
 
@@ -200,10 +199,9 @@ class ActorCritic(Policy):
                 # A rollout's or an evaluation's few rows: numpy (see NumpyInference).
                 logits, values = self._numpy(self._flat(obs).numpy())
                 return torch.from_numpy(logits), torch.from_numpy(values), None
-            # Functional calls: module-call overhead is measurable at this size.
-            actor_in, critic_in = self.twin.forward(self._flat(obs))
-            logits = F.linear(actor_in, self.actor.weight, self.actor.bias)
-            return logits, F.linear(critic_in, self.critic.weight, self.critic.bias).squeeze(-1), None
+            # One graph node for trunks and heads (module-call and per-op overhead dominate at this size).
+            logits, values = twin_actor_critic(self.twin, self.actor, self.critic, self._flat(obs))
+            return logits, values, None
         return super().forward_step(obs, state, first)
 
 
