@@ -76,8 +76,9 @@ def mean_weights(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 def weighted_mean(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """``sum(x * weights)`` as one dot product; with ``weights = mean_weights(mask)`` a masked mean."""
-    return torch.dot(x.reshape(-1), weights.reshape(-1))
+    """``sum(x * weights)`` as one dot product; with ``weights = mean_weights(mask)`` a masked mean.
+    (1-D inputs are used as they are: a reshape is one more autograd node per loss term.)"""
+    return torch.dot(x if x.dim() == 1 else x.reshape(-1), weights if weights.dim() == 1 else weights.reshape(-1))
 
 
 def normalize_advantages(advantages: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
