@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install train test bench clean
+.PHONY: install train test bench bench-sb3 clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -24,6 +24,11 @@ test: install
 
 bench: install
 	$(PY) tools/bench.py env=cartpole $(ARGS)
+
+# The same, next to Stable-Baselines3's PPO with the same settings (installs the bench extra).
+bench-sb3: install
+	$(PY) -m pip install -q -e '.[bench]'
+	$(PY) tools/bench.py env=cartpole --vs-sb3 $(ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

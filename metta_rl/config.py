@@ -324,7 +324,8 @@ class TrainingLoopConfig(_Config):
 
     ``target_return``: stop after the first evaluation whose mean return is at least this
     (Stable-Baselines3's ``StopTrainingOnRewardThreshold``); ``total_timesteps`` stays the cap.
-    Needs periodic evaluation (``evaluation.enabled`` and ``evaluation.evaluate_interval > 0``).
+    Needs periodic evaluation (``evaluation.enabled`` and ``evaluation.evaluate_interval > 0``,
+    or ``evaluation.target_interval > 0``, the interval used while a target is set).
 
     ``torch_threads``: torch's intra-op threads (0: torch's default). ``update_threads``: threads
     for the PPO update only (0: as ``torch_threads``); the rollout, where one thread is best for
@@ -394,6 +395,11 @@ class TrainingLoopConfig(_Config):
 class EvaluationConfig(_Config):
     """Evaluation on envs of its own, every ``evaluate_interval`` epochs (crossing) and at the end.
 
+    ``target_interval``: while ``trainer.target_return`` is set, evaluate every this many epochs
+    instead (0: ``evaluate_interval``). A run stops at the first evaluation that reaches its
+    target, so checking often stops it soon after; the evaluations of the weak policies before
+    that are cheap (their episodes are short).
+
     ``tasks`` lists the env configs to score (one score each); empty means the training env.
     ``replay=true`` writes an animated GIF of one eval episode to ``<run>/replays/``.
     """
@@ -404,6 +410,7 @@ class EvaluationConfig(_Config):
     num_episodes: Int = Field(20, ge=1)
     num_envs: Int = Field(4, ge=1)
     evaluate_interval: Int = Field(0, ge=0)
+    target_interval: Int = Field(0, ge=0)
     deterministic: bool = True
     max_steps: Int = Field(1_000_000, ge=1)
     tasks: _EnvList = Field(default_factory=list)
@@ -530,11 +537,11 @@ class TrainerConfig(_Config):
     def _target_needs_evaluations(self) -> TrainerConfig:
         """A target is checked at evaluations: without periodic ones it could never stop a run."""
         target, ev = self.trainer.target_return, self.evaluation
-        if target is not None and not (ev.enabled and ev.evaluate_interval > 0):
+        if target is not None and not (ev.enabled and (ev.evaluate_interval > 0 or ev.target_interval > 0)):
             why = "evaluation.enabled=false" if not ev.enabled else "evaluation.evaluate_interval=0"
             raise _Invalid(
                 f"null when {why} (the target is checked at each evaluation: "
-                "enable evaluation with evaluate_interval > 0)",
+                "enable evaluation with evaluate_interval > 0 or target_interval > 0)",
                 field="trainer.target_return",
                 value=target,
             )

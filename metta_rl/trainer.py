@@ -200,7 +200,10 @@ class Trainer:
         )
         self.stats = StatsManager()
         if cfg.evaluation.enabled and dist.is_main:
-            self.evaluator = EvaluationManager(env=cfg.env, config=cfg.evaluation, seed=cfg.seed, device=self.device)
+            self.evaluator = EvaluationManager(
+                env=cfg.env, config=cfg.evaluation, seed=cfg.seed, device=self.device,
+                target=cfg.trainer.target_return is not None,
+            )
         resumed = self.checkpointer.resume(cfg.resume, restore=self.load_checkpoint, map_location=self.device, dist=dist)
         if resumed is not None:
             dist.seed_rank(cfg.seed, start=resumed.epoch)  # not rank 0's restored RNG streams

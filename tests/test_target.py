@@ -115,6 +115,22 @@ def test_the_final_evaluation_counts_for_a_resume_and_an_older_one_does_not(tmp_
     assert later.progress.epoch == 6 and later.summary["eval_mean_return"] == 30.0
 
 
+def test_target_interval_sets_the_evaluations_of_a_run_with_a_target(tmp_path, scripted_evals):
+    # evaluation.target_interval=1: evaluated every epoch while a target is set (5, 10, 15: the
+    # third reaches 15); evaluate_interval=2 stays the interval of a run without one.
+    cfg = target_config(15.0)
+    cfg.evaluation.target_interval = 1
+    result = train(cfg, tmp_path / "t")
+    assert result.progress.epoch == 3 and result.summary["stop_reason"] == "target_return"
+    assert [r["eval/mean_return"] for r in rows(tmp_path / "t") if "eval/mean_return" in r] == [5.0, 10.0, 15.0]
+    plain = target_config(None, epochs=5)
+    plain.evaluation.target_interval = 1
+    train(plain, tmp_path / "p")
+    assert [r["epoch"] for r in rows(tmp_path / "p") if "eval/mean_return" in r] == [2, 4, 5]
+    # A target with target_interval alone (evaluate_interval=0) is valid.
+    make_config(trainer={"target_return": 475}, evaluation={"target_interval": 10})
+
+
 def test_a_target_without_periodic_evaluation_is_one_config_error():
     with pytest.raises(ConfigError, match=r"^trainer\.target_return=475\.0 is invalid: expected null when "
                                           r"evaluation\.enabled=false \(") as info:

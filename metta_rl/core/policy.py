@@ -25,10 +25,9 @@ import gymnasium
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from metta_rl.config import ConfigError, PolicyConfig
-from metta_rl.core.twin_mlp import TwinMLP
+from metta_rl.core.twin_mlp import NUMPY_INFERENCE_ROWS, NumpyInference, TwinMLP, twin_actor_critic
 
 LSTMState = tuple[torch.Tensor, torch.Tensor]
 
@@ -182,6 +181,8 @@ class ActorCritic(Policy):
             self.lstm = None
         self.actor = layer(core_size, sum(self.nvec), 0.01)
         self.critic = layer(core_size, 1, 1.0)
+        numpy_ok = self.twin is not None and config.activation in ("tanh", "relu")
+        self._numpy = NumpyInference(self.twin, self.actor, self.critic) if numpy_ok else None
 
     # ------------------------------------------------------------------ features
     def _flat(self, obs: torch.Tensor) -> torch.Tensor:
@@ -197,10 +198,16 @@ class ActorCritic(Policy):
         self, obs: torch.Tensor, state: LSTMState | None = None, first: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, LSTMState | None]:
         if self.twin is not None:
-            # Functional calls: module-call overhead is measurable at this size.
-            actor_in, critic_in = self.twin.forward(self._flat(obs))
-            logits = F.linear(actor_in, self.actor.weight, self.actor.bias)
-            return logits, F.linear(critic_in, self.critic.weight, self.critic.bias).squeeze(-1), None
+            if (
+                self._numpy is not None and obs.shape[0] < NUMPY_INFERENCE_ROWS and obs.device.type == "cpu"
+                and not torch.is_grad_enabled()
+            ):
+                # A rollout's or an evaluation's few rows: numpy (see NumpyInference).
+                logits, values = self._numpy(self._flat(obs).numpy())
+                return torch.from_numpy(logits), torch.from_numpy(values), None
+            # One graph node for trunks and heads (module-call and per-op overhead dominate at this size).
+            logits, values = twin_actor_critic(self.twin, self.actor, self.critic, self._flat(obs))
+            return logits, values, None
         return super().forward_step(obs, state, first)
 
 
@@ -213,13 +220,20 @@ def sample_actions(
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample (or take the argmax of) each head: ``(actions [B, heads] int64, logprob [B])``.
-    Samples come from ``generator`` when given (evaluation's own RNG), else the global RNG."""
+    Samples come from ``generator`` when given (evaluation's own RNG), else the global RNG.
+
+    A sample is ``argmax(p / q)`` with ``q ~ Exp(1)``: what ``torch.multinomial(p, 1)`` computes,
+    with the same draws from the generator (so the same actions), without its input checks
+    (min, max and row sums, each read back with ``.item()``), which cost 3x the sampling itself
+    on a batch of 8. Probabilities from a softmax of finite logits pass those checks anyway.
+    """
     if len(nvec) == 1:
         logp = torch.log_softmax(logits, dim=-1)
         if deterministic:
             actions = logp.argmax(dim=-1, keepdim=True)
         else:
-            actions = torch.multinomial(logp.exp(), 1, generator=generator)
+            probs = logp.exp()
+            actions = (probs / torch.empty_like(probs).exponential_(1, generator=generator)).argmax(dim=-1, keepdim=True)
         return actions, logp.gather(-1, actions).squeeze(-1)
     acts, logps = [], []
     for head in torch.split(logits, nvec, dim=-1):

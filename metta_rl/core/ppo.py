@@ -40,8 +40,17 @@ def compute_gae(
     not_done = 1.0 - torch.maximum(terminated, truncated.to(rewards.dtype))
     deltas = rewards + gamma * values[:, 1:] * not_terminated - values[:, :-1]
     advantages = torch.zeros_like(rewards)
-    last = torch.zeros_like(rewards[:, 0])
     decay = not_done * (gamma * gae_lambda)
+    if advantages.device.type == "cpu" and not (deltas.requires_grad or decay.requires_grad):
+        # The same float ops through numpy views: a numpy op on a row costs a fraction of a
+        # torch op, and this loop is T steps long (bit-identical: elementwise IEEE mul and add).
+        d, k, a = deltas.numpy(), decay.numpy(), advantages.numpy()
+        last_np = a[:, 0].copy()
+        for t in range(num_steps - 1, -1, -1):
+            last_np = d[:, t] + k[:, t] * last_np
+            a[:, t] = last_np
+        return advantages, advantages + values[:, :-1]
+    last = torch.zeros_like(rewards[:, 0])
     for t in range(num_steps - 1, -1, -1):
         last = deltas[:, t] + decay[:, t] * last
         advantages[:, t] = last
@@ -67,8 +76,9 @@ def mean_weights(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 def weighted_mean(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """``sum(x * weights)`` as one dot product; with ``weights = mean_weights(mask)`` a masked mean."""
-    return torch.dot(x.reshape(-1), weights.reshape(-1))
+    """``sum(x * weights)`` as one dot product; with ``weights = mean_weights(mask)`` a masked mean.
+    (1-D inputs are used as they are: a reshape is one more autograd node per loss term.)"""
+    return torch.dot(x if x.dim() == 1 else x.reshape(-1), weights if weights.dim() == 1 else weights.reshape(-1))
 
 
 def normalize_advantages(advantages: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from metta_rl.hooks import Hook
-from metta_rl.learning_curve import FILENAME, plot_learning_curve
+from metta_rl.learning_curve import FILENAME, write_learning_curve_png
 
 
 class LearningCurveHook(Hook):
@@ -25,9 +25,7 @@ class LearningCurveHook(Hook):
         self._unplotted = False
         if not (self.run_dir / "metrics.jsonl").exists():
             return None
-        fig = plot_learning_curve(self.run_dir)
-        fig.savefig(self.path, dpi=100)
-        return self.path
+        return write_learning_curve_png(self.run_dir, self.path)
 
     def on_epoch_end(self) -> None:
         self._unplotted = True

@@ -209,8 +209,12 @@ class EvaluationManager:
     at the next call, so one failed evaluation never breaks the next.
     """
 
-    def __init__(self, *, env: EnvConfig, config: EvaluationConfig, seed: int, device: torch.device) -> None:
+    def __init__(
+        self, *, env: EnvConfig, config: EvaluationConfig, seed: int, device: torch.device, target: bool = False
+    ) -> None:
         self.config = config
+        # Epochs between evaluations: ``target_interval`` while the run has a target return.
+        self.interval = config.target_interval if target and config.target_interval else config.evaluate_interval
         self.device = torch.device(device)
         self.seed = seed
         self.tasks: list[EnvConfig] = list(config.tasks) or [env]
@@ -262,7 +266,7 @@ class EvaluationManager:
 
     # ------------------------------------------------------------------ evaluation
     def due(self, prev_epoch: int, epoch: int) -> bool:
-        return self.config.enabled and crossed(prev_epoch, epoch, self.config.evaluate_interval)
+        return self.config.enabled and crossed(prev_epoch, epoch, self.interval)
 
     @torch.inference_mode()
     def evaluate(

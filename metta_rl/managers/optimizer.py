@@ -73,6 +73,17 @@ class FlatAdam:
     def step(self) -> None:
         group, state = self.param_groups[0], self._moments()
         beta1, beta2 = group["betas"]
+        if self.fused:
+            # What ``adam(..., fused=True)`` runs for one tensor, without its per-call grouping
+            # by device and dtype (a third of a CartPole minibatch's optimizer time).
+            torch._foreach_add_([state["step"]], 1)
+            kernel = torch._fused_adamw_ if group["decoupled_weight_decay"] else torch._fused_adam_
+            kernel(
+                [self.param], [self.param.grad], [state["exp_avg"]], [state["exp_avg_sq"]], [], [state["step"]],
+                amsgrad=False, lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"],
+                eps=group["eps"], maximize=False, grad_scale=None, found_inf=None,
+            )
+            return
         adam(
             [self.param], [self.param.grad], [state["exp_avg"]], [state["exp_avg_sq"]], [], [state["step"]],
             foreach=False, fused=self.fused, decoupled_weight_decay=group["decoupled_weight_decay"],
