@@ -332,6 +332,10 @@ class TrainingLoopConfig(_Config):
     small per-step batches, keeps ``torch_threads``. With the serial backend nothing else runs
     during the update, so a big policy's update can use every core.
 
+    ``reuse_memory``: let the C library's malloc keep large freed blocks for the next update
+    instead of returning them to the OS (glibc; :func:`metta_rl.core.device.keep_freed_memory`):
+    fresh pages cost a quarter of a MettaGrid minibatch step on a 2-core CPU.
+
     ``overlap_rollout``: collect the next batch in a background thread, acting with the weights
     from before this update, while the update runs (off: collect, then update). On two or more
     cores the env and the update then each get one; the cost is one update of policy lag (the
@@ -360,6 +364,7 @@ class TrainingLoopConfig(_Config):
     torch_threads: Int = Field(1, ge=0)
     update_threads: Int = Field(0, ge=0)
     overlap_rollout: bool = False
+    reuse_memory: bool = True
     target_return: float | None = None
     batch_scope: Literal["global", "per_rank"] = "global"
     amp: bool = False

@@ -55,7 +55,7 @@ from metta_rl.hooks import EpochReport, Hook, HookList, hook_from_spec
 from metta_rl.managers.optimizer import OptimizerManager
 from metta_rl.core.policy import Policy
 from metta_rl.core.policy_factory import make_policy
-from metta_rl.core.device import compile_policy
+from metta_rl.core.device import compile_policy, keep_freed_memory
 from metta_rl.core.progress import TrainingProgress, steps_per_second
 from metta_rl.distributed import SINGLE, Distributed, global_batch, rank_batch
 from metta_rl.managers.rollout import RolloutManager, RolloutResult
@@ -171,6 +171,8 @@ class Trainer:
         self.device = resolve_device(str(dist.device(cfg.trainer.device)))
         if cfg.trainer.torch_threads > 0:
             torch.set_num_threads(cfg.trainer.torch_threads)
+        if cfg.trainer.reuse_memory:
+            keep_freed_memory()
         # The same seed on every rank: the same initial weights (rank 0's are broadcast anyway).
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)

@@ -33,6 +33,7 @@ import torch  # noqa: E402
 
 from metta_rl import cli  # noqa: E402
 from metta_rl.config import TrainerConfig  # noqa: E402
+from metta_rl.core.device import keep_freed_memory  # noqa: E402
 from metta_rl.managers.environment import EnvironmentManager  # noqa: E402
 from metta_rl.core.policy import action_nvec, sample_actions  # noqa: E402
 from metta_rl.core.policy_factory import make_policy  # noqa: E402
@@ -234,6 +235,8 @@ def main() -> None:
         overrides.append(f"trainer.total_timesteps={args.steps}")
     config = cli.to_trainer_config(cli.compose(overrides))
     torch.set_num_threads(config.trainer.torch_threads or torch.get_num_threads())
+    if config.trainer.reuse_memory:  # as the Trainer sets up, so every part runs as in training
+        keep_freed_memory()
 
     result = {
         "env": config.env.name,
