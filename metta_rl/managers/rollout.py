@@ -7,10 +7,11 @@ episodes, env info stats, time split) and leaves the data in ``buffer`` for the 
 With ``overlap=True`` (``trainer.overlap_rollout``) it keeps a second buffer and a copy of the
 policy (the behaviour policy): :meth:`start_next` fills the second buffer in a background
 thread with the weights as they are now, while the caller updates the policy on ``buffer``; the
-next :meth:`collect` waits for that thread and swaps the buffers. Torch and mettagrid release
-the GIL in their kernels, so on two cores the rollout and the update each get one. The data of
-an update is then one update old (the PPO ratio is taken against the log-probs stored at
-collection, as always).
+next :meth:`collect` waits for that thread and swaps the buffers. Torch releases the GIL in its
+kernels, so the update's heavy ops run beside the rollout (MettaGrid arena on two cores: 1.55x
+the training throughput); a cheap env's Python loop contends for the GIL instead (CartPole ran
+slower). The data of an update is then one update old (the PPO ratio is taken against the
+log-probs stored at collection, as always).
 """
 
 from __future__ import annotations
