@@ -98,3 +98,32 @@ def test_stopping_at_the_target_leaves_no_thread_running(tmp_path):
         assert pending is not None  # the next batch was under way when the target was reached
     assert not pending.is_alive()  # cleanup waited for it
     assert not [t for t in threading.enumerate() if t.name == "metta_rl-rollout" and t.is_alive()]
+
+
+def test_ctrl_c_during_an_overlapped_run_checkpoints_and_the_same_command_resumes_to_the_budget(tmp_path):
+    import json
+    import signal
+
+    from metta_rl.records import checkpoint as ck
+    from tests.test_faults import epochs_written, train_cli, wait_for
+
+    run = tmp_path / "ov"
+    args = ("env=cartpole", "run=ov", f"runs_dir={tmp_path}", "trainer.overlap_rollout=true",
+            "trainer.total_timesteps=40960", "logging.console=plain", "logging.log_interval_s=0")
+    proc = train_cli(*args)
+    try:
+        wait_for(lambda: proc.poll() is not None or epochs_written(run) >= 3, timeout=120)
+        proc.send_signal(signal.SIGINT)  # a background collection is under way at every epoch
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "stopped by SIGINT" in err
+    stopped = ck.load_checkpoint(run)
+    assert stopped.epoch >= 3 and str(stopped.path) in err
+    again = train_cli(*args)
+    out, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["stop_reason"] == "total_timesteps" and summary["agent_steps"] == 40960
+    assert summary["resumed_from"] == str(stopped.path)
