@@ -8,6 +8,7 @@ caller, and a run stops with nothing left running."""
 from __future__ import annotations
 
 import copy
+import sys
 import threading
 
 import numpy as np
@@ -40,11 +41,14 @@ def test_background_batch_is_the_behaviour_policys_and_continues_the_last(tmp_pa
         carried_state = tuple(s.clone() for s in first.next_state0)
         before = copy.deepcopy(policy)
 
+        default_interval = sys.getswitchinterval()
         rm.start_next(policy, trainer.progress)
+        assert sys.getswitchinterval() < default_interval  # quick GIL hand-offs while it runs
         with torch.no_grad():  # the "update": weights move while the thread collects
             for p in policy.parameters():
                 p.add_(0.5 * torch.randn_like(p))
         rm.collect(policy, trainer.progress)
+        assert sys.getswitchinterval() == default_interval
         second = rm.buffer
 
         assert second is not first  # two buffers: the trained one was never overwritten
