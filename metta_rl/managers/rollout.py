@@ -8,7 +8,7 @@ With ``overlap=True`` (``trainer.overlap_rollout``) it keeps a second buffer and
 policy (the behaviour policy): :meth:`start_next` fills the second buffer in a background
 thread with the weights as they are now, while the caller updates the policy on ``buffer``; the
 next :meth:`collect` waits for that thread and swaps the buffers. Torch releases the GIL in its
-kernels, so the update's heavy ops run beside the rollout (MettaGrid arena on two cores: 1.55x
+kernels, so the update's heavy ops run beside the rollout (MettaGrid arena on two cores: 1.8x
 the training throughput); a cheap env's Python loop contends for the GIL instead (CartPole ran
 slower). The data of an update is then one update old (the PPO ratio is taken against the
 log-probs stored at collection, as always).
