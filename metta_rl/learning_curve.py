@@ -43,8 +43,9 @@ def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def read_curves(run_dir_or_metrics_path: str | Path) -> dict[str, list[tuple[float, ...]]]:
-    """``{"train": [(step, return)], "eval": [(step, mean, std)]}`` from metrics.jsonl.
+def read_curves(run_dir_or_metrics_path: str | Path, *, x: str = "agent_step") -> dict[str, list[tuple[float, ...]]]:
+    """``{"train": [(step, return)], "eval": [(step, mean, std)]}`` from metrics.jsonl; ``x``
+    names the field the first element comes from (``"wall_seconds"``: time instead of steps).
 
     Missing values (no episode finished yet: ``null`` in the file) are skipped, and so is a
     torn last line of a run that is still writing.
@@ -56,7 +57,7 @@ def read_curves(run_dir_or_metrics_path: str | Path) -> dict[str, list[tuple[flo
             row = json.loads(line)
         except json.JSONDecodeError:
             continue
-        step = row.get("agent_step")
+        step = row.get(x)
         if not _finite(step):
             continue
         if _finite(row.get(TRAIN_KEY)):

@@ -12,27 +12,17 @@ training episode return (the rolling mean); ``--x wall`` puts wall-clock seconds
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from metta_rl.learning_curve import EVAL_KEY, TRAIN_KEY  # noqa: E402
+from metta_rl.learning_curve import read_curves  # noqa: E402
 
 
 def points(run: Path, curve: str, x: str) -> list[tuple[float, float]]:
-    key = EVAL_KEY if curve == "eval" else TRAIN_KEY
-    xkey = "agent_step" if x == "steps" else "wall_seconds"
-    out = []
-    for line in (run / "metrics.jsonl").read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row.get(key), (int, float)) and isinstance(row.get(xkey), (int, float)):
-            out.append((float(row[xkey]), float(row[key])))
-    return out
+    rows = read_curves(run, x="agent_step" if x == "steps" else "wall_seconds")[curve]
+    return [(float(row[0]), float(row[1])) for row in rows]
 
 
 def main() -> None:
