@@ -234,7 +234,8 @@ class TokenScatter(nn.Module):
         # 1-D lookups with index_select: several times faster than advanced indexing on CPU.
         loc, fid = t[..., 0].reshape(-1).long(), t[..., 1].reshape(-1).long()
         key = loc * 256 + fid
-        values = t[..., 2].reshape(-1).float() * self.scale.index_select(0, fid)
+        raw = t[..., 2].reshape(-1)  # a copy (t is a strided slice): made once
+        values = raw.float() * self.scale.index_select(0, fid)
         per_agent = self.height * self.width * self.num_channels
         dump = batch * per_agent  # one slot past the grids takes every token that is not on them
         row_base = torch.arange(0, dump, per_agent, device=device).repeat_interleave(t.shape[1])
@@ -244,7 +245,7 @@ class TokenScatter(nn.Module):
         offset = self.grid_index.index_select(0, key)
         if self.plan.tag_feature is not None:
             # A tag token's value is its tag id: 1 in that tag's channel at the token's cell.
-            tag_id = t[..., 2].reshape(-1).long()
+            tag_id = raw.long()
             is_tag = (fid == self.plan.tag_feature) & (occupied >= 0) & (tag_id < self.plan.num_tags)
             offset = torch.where(is_tag, occupied + self.plan.first_tag_channel + tag_id, offset)
             values = torch.where(fid == self.plan.tag_feature, is_tag.float(), values)
