@@ -233,7 +233,14 @@ class PolicyConfig(_Config):
 
 
 class PPOConfig(_Config):
-    """PPO loss and advantage estimation."""
+    """PPO loss and advantage estimation.
+
+    ``vtrace_rho_clip`` and ``vtrace_c_clip`` (both or neither; unset: plain GAE): advantages
+    whose TD errors and traces are clipped by the importance ratio of the current policy to the
+    one that acted (V-trace, :func:`metta_rl.core.ppo.vtrace_advantages`), recomputed for each
+    minibatch from its fresh log-ratios, as PufferLib 3 and Metta train. Minibatches are then
+    whole agent rows (``trainer.minibatch_size`` a multiple of the rollout horizon).
+    """
 
     section: ClassVar[str] = "ppo"
 
@@ -246,6 +253,20 @@ class PPOConfig(_Config):
     ent_coef: float = Field(0.0, ge=0)
     norm_adv: bool = True
     target_kl: float | None = Field(None, gt=0)
+    vtrace_rho_clip: float | None = Field(None, gt=0)
+    vtrace_c_clip: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _vtrace_clips_together(self) -> PPOConfig:
+        for name, other in (("vtrace_c_clip", "vtrace_rho_clip"), ("vtrace_rho_clip", "vtrace_c_clip")):
+            if getattr(self, name) is None and getattr(self, other) is not None:
+                raise _Invalid(f"a number > 0 with {{p}}{other} set (V-trace clips both ratios)",
+                               field=name, value=None)
+        return self
+
+    @property
+    def vtrace(self) -> bool:
+        return self.vtrace_rho_clip is not None
 
 
 LRSchedule = Literal["constant", "linear", "cosine"]
@@ -352,6 +373,14 @@ class TrainingLoopConfig(_Config):
     ``amp``: bf16 autocast of the policy's forward passes (rollout and update; the loss is
     computed in float32). ``compile``: ``torch.compile`` the policy's forward methods (the first
     epochs pay the compilation). Both off by default.
+
+    ``prio_alpha`` and ``prio_beta0`` (both or neither; unset: uniform shuffled minibatches):
+    prioritized segment sampling. Each minibatch is drawn, with replacement, from the agent rows
+    (segments of one rollout horizon) with probability proportional to the row's mean
+    |advantage| to the power ``prio_alpha``; each step's policy loss is weighted by
+    ``(N * P) ** -beta``, with beta annealed linearly from ``prio_beta0`` to 1 over the run
+    (:func:`metta_rl.core.ppo.segment_probabilities`, :func:`~metta_rl.core.ppo.importance_weights`).
+    ``minibatch_size`` must then be a multiple of the rollout horizon.
     """
 
     section: ClassVar[str] = "trainer"
@@ -370,6 +399,12 @@ class TrainingLoopConfig(_Config):
     amp: bool = False
     compile: bool = False
     dist_timeout_s: float = Field(600.0, gt=0)
+    prio_alpha: float | None = Field(None, ge=0)
+    prio_beta0: float | None = Field(None, ge=0, le=1)
+
+    @property
+    def prioritized(self) -> bool:
+        return self.prio_alpha is not None
 
     @field_validator("device")
     @classmethod
@@ -390,6 +425,9 @@ class TrainingLoopConfig(_Config):
             raise _Invalid(
                 f"a multiple of {{p}}minibatch_size={self.minibatch_size}", field="batch_size", value=self.batch_size
             )
+        for name, other in (("prio_beta0", "prio_alpha"), ("prio_alpha", "prio_beta0")):
+            if getattr(self, name) is None and getattr(self, other) is not None:
+                raise _Invalid(f"a number with {{p}}{other} set (prioritized sampling needs both)", field=name, value=None)
         if self.compile and self.overlap_rollout:
             # The background collection acts with a copy of the policy; a compiled forward is
             # bound to the original.

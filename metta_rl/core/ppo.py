@@ -34,13 +34,20 @@ def compute_gae(
 
     Returns ``(advantages, returns)``, both ``[rows, T]``, with ``returns = advantages + V``.
     """
-    num_steps = rewards.shape[1]
     terminated = terminated.to(rewards.dtype)
     not_terminated = 1.0 - terminated
     not_done = 1.0 - torch.maximum(terminated, truncated.to(rewards.dtype))
     deltas = rewards + gamma * values[:, 1:] * not_terminated - values[:, :-1]
-    advantages = torch.zeros_like(rewards)
     decay = not_done * (gamma * gae_lambda)
+    advantages = _reverse_scan(deltas, decay)
+    return advantages, advantages + values[:, :-1]
+
+
+def _reverse_scan(deltas: torch.Tensor, decay: torch.Tensor) -> torch.Tensor:
+    """``A[:, t] = deltas[:, t] + decay[:, t] * A[:, t + 1]`` from the last column back (A after
+    the last column is 0): the recursion of GAE and of V-trace."""
+    num_steps = deltas.shape[1]
+    advantages = torch.zeros_like(deltas)
     if advantages.device.type == "cpu" and not (deltas.requires_grad or decay.requires_grad):
         # The same float ops through numpy views: a numpy op on a row costs a fraction of a
         # torch op, and this loop is T steps long (bit-identical: elementwise IEEE mul and add).
@@ -49,12 +56,67 @@ def compute_gae(
         for t in range(num_steps - 1, -1, -1):
             last_np = d[:, t] + k[:, t] * last_np
             a[:, t] = last_np
-        return advantages, advantages + values[:, :-1]
-    last = torch.zeros_like(rewards[:, 0])
+        return advantages
+    last = torch.zeros_like(deltas[:, 0])
     for t in range(num_steps - 1, -1, -1):
         last = deltas[:, t] + decay[:, t] * last
         advantages[:, t] = last
+    return advantages
+
+
+def vtrace_advantages(
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    terminated: torch.Tensor,
+    truncated: torch.Tensor,
+    logratio: torch.Tensor,
+    *,
+    gamma: float,
+    gae_lambda: float,
+    rho_clip: float,
+    c_clip: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """GAE with its TD errors and traces clipped by the importance ratio (V-trace, Espeholt et al.
+    2018, in the GAE form PufferLib 3 and Metta train with).
+
+    ``logratio[:, t] = log pi(a_t | s_t) - log mu(a_t | s_t)``, the current policy against the one
+    that acted (detached; the update passes 0 where a step is not valid). With
+    ``r_t = exp(logratio)``, ``rho_t = min(rho_clip, r_t)`` and ``c_t = min(c_clip, r_t)``::
+
+        delta_t = rho_t * (r_t' + gamma * V(s_{t+1}) * (1 - terminated_t) - V(s_t))
+        A_t     = delta_t + gamma * lambda * c_t * (1 - done_t) * A_{t+1}
+
+    (``r_t'`` the reward), with terminations and truncations treated as in :func:`compute_gae`.
+    ``A + V`` is the V-trace value target. With ``r = 1`` and both clips at least 1 this is
+    exactly :func:`compute_gae`. Returns ``(advantages, returns)``, both ``[rows, T]``.
+    """
+    ratio = logratio.exp()
+    rho = ratio.clamp(max=rho_clip)
+    c = ratio.clamp(max=c_clip)
+    terminated = terminated.to(rewards.dtype)
+    not_done = 1.0 - torch.maximum(terminated, truncated.to(rewards.dtype))
+    deltas = rho * (rewards + gamma * values[:, 1:] * (1.0 - terminated) - values[:, :-1])
+    decay = not_done * (gamma * gae_lambda) * c
+    advantages = _reverse_scan(deltas, decay)
     return advantages, advantages + values[:, :-1]
+
+
+def segment_probabilities(advantages: torch.Tensor, valid: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Prioritized segment sampling: the probability of each row (segment) of ``[rows, T]``
+    advantages, proportional to the mean |advantage| over its valid steps to the power ``alpha``
+    (``alpha = 0``: uniform). A small floor keeps every segment drawable."""
+    valid = valid.to(advantages.dtype)
+    magnitude = (advantages.abs() * valid).sum(1) / valid.sum(1).clamp_min(1.0)
+    priority = torch.nan_to_num(magnitude.pow(alpha), nan=0.0, posinf=0.0) + 1e-6
+    return priority / priority.sum()
+
+
+def importance_weights(probs: torch.Tensor, num_segments: int, beta: float) -> torch.Tensor:
+    """``(N * P(i)) ** -beta`` for segments drawn with probabilities ``probs`` out of N: the
+    correction of prioritized sampling's bias (Schaul et al. 2016; 1 for uniform draws, and as
+    ``beta`` is annealed to 1 the full correction). Not normalized by the largest weight, as in
+    PufferLib and Metta."""
+    return (probs * num_segments).pow(-beta)
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -219,6 +281,7 @@ def ppo_loss(
     vf_clip_coef: float = 10.0,
     mask: torch.Tensor | None = None,
     weights: torch.Tensor | None = None,
+    sample_weights: torch.Tensor | None = None,
 ) -> PPOLosses:
     """The PPO objective on one minibatch: ``policy_loss + vf_coef * value_loss - ent_coef * entropy``.
 
@@ -226,12 +289,15 @@ def ppo_loss(
     per minibatch, ``weights = mean_weights(mask)``. ``advantages`` are used as given (the update
     normalizes them per minibatch beforehand). ``entropy`` holds the per-step entropies of the
     new policy; with ``ent_coef == 0`` it may be None, so the caller can skip computing it, and
-    the term costs nothing. This is the loss ``TrainingManager.update`` minimizes.
+    the term costs nothing. ``sample_weights`` (prioritized sampling's :func:`importance_weights`,
+    one per step) scale each step's policy term, as in PufferLib and Metta; the value loss and
+    the entropy stay plain means. This is the loss ``TrainingManager.update`` minimizes.
     """
     if weights is None:
         weights = mean_weights(mask if mask is not None else torch.ones_like(new_logprob), new_logprob.dtype)
     logratio = new_logprob - old_logprob
-    pg_loss = clipped_policy_loss(logratio, advantages, clip_coef, weights)
+    pg_weights = weights if sample_weights is None else weights * sample_weights
+    pg_loss = clipped_policy_loss(logratio, advantages, clip_coef, pg_weights)
     v_loss = value_loss(new_values, old_values, returns, weights, clip_vloss=clip_vloss, vf_clip_coef=vf_clip_coef)
     loss = torch.add(pg_loss, v_loss, alpha=vf_coef)  # one op for pg + vf_coef * v
     ent = None if entropy is None else weighted_mean(entropy, weights)

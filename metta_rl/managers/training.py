@@ -28,8 +28,11 @@ from metta_rl.core.ppo import (
     mean_weights,
     normalize_advantages,
     normalize_with_moments,
+    importance_weights,
     ppo_loss,
+    segment_probabilities,
     shard_weights,
+    vtrace_advantages,
     weighted_mean,
 )
 from metta_rl.core.progress import TrainingProgress
@@ -69,9 +72,17 @@ class TrainingManager:
         self.recurrent = recurrent
         self.device = device
         self.dist = dist
-        if recurrent and loop.minibatch_size % horizon:
+        # V-trace and prioritized sampling work on segments (whole agent rows), as the LSTM does.
+        self.vtrace = ppo.vtrace
+        self.prioritized = loop.prioritized
+        self.segments = recurrent or self.vtrace or self.prioritized
+        if self.segments and loop.minibatch_size % horizon:
+            why = (
+                "a recurrent policy (policy.lstm=true, policy.kind=mettagrid)" if recurrent
+                else "ppo.vtrace_rho_clip" if self.vtrace else "trainer.prio_alpha"
+            )
             raise ConfigError(
-                f"trainer.minibatch_size={loop.minibatch_size} is invalid: with a recurrent policy (policy.lstm=true, policy.kind=mettagrid) a minibatch is "
+                f"trainer.minibatch_size={loop.minibatch_size} is invalid: with {why} a minibatch is "
                 f"whole agent rows, so it must be a multiple of the horizon ({horizon} steps per row)"
             )
         # Minibatch shuffling has its own generator: reproducible, and saved with the trainer.
@@ -100,14 +111,17 @@ class TrainingManager:
         policy.train()
 
         values = buffer.values[:, : T + 1].to(dev, non_blocking=True)
-        advantages, returns = compute_gae(
-            buffer.rewards[:, :T].to(dev, non_blocking=True),
-            values,
-            buffer.terminated[:, :T].to(dev, non_blocking=True),
-            buffer.truncated[:, :T].to(dev, non_blocking=True),
-            gamma=ppo.gamma,
-            gae_lambda=ppo.gae_lambda,
-        )
+        rewards = buffer.rewards[:, :T].to(dev, non_blocking=True)
+        terminated = buffer.terminated[:, :T].to(dev, non_blocking=True)
+        truncated = buffer.truncated[:, :T].to(dev, non_blocking=True)
+        if self.vtrace:  # as collected (ratio 1); each minibatch recomputes its own
+            advantages, returns = vtrace_advantages(
+                rewards, values, terminated, truncated, torch.zeros_like(rewards), **self._vtrace_args()
+            )
+        else:
+            advantages, returns = compute_gae(
+                rewards, values, terminated, truncated, gamma=ppo.gamma, gae_lambda=ppo.gae_lambda
+            )
         data = {
             "obs": policy.training_observations(buffer.obs[:, :T]).to(dev, non_blocking=True),
             "actions": buffer.actions[:, :T].to(dev, non_blocking=True),
@@ -122,6 +136,9 @@ class TrainingManager:
             # A minibatch is whole rows: the LSTM replays each row from its saved state.
             data["first"] = buffer.first[:, :T].to(dev, non_blocking=True)
             data["h0"], data["c0"] = (s.to(dev, non_blocking=True) for s in buffer.state0)
+        if self.vtrace:  # what the per-minibatch V-trace recomputation reads, per row
+            data.update(rewards=rewards, terminated=terminated, truncated=truncated, values=values)
+        if self.segments:
             units, per_mb = rows, self.loop.minibatch_size // T
         else:
             data = {k: v.reshape(rows * T, *v.shape[2:]) for k, v in data.items()}
@@ -140,11 +157,16 @@ class TrainingManager:
         epochs_run = 0
         skipped_before = optim.skipped_steps
         # One minibatch: order is irrelevant, so skip the shuffle and prepare it once.
-        single = self._prepare_all([data]) if per_mb >= units else None
+        single = self._prepare_all([data]) if per_mb >= units and not self.prioritized else None
+        if self.prioritized:
+            probs = segment_probabilities(advantages, data["valid"], self.loop.prio_alpha)
+            beta = self.loop.prio_beta0 + (1.0 - self.loop.prio_beta0) * progress.fraction
         for _ in range(self.loop.update_epochs):
             epochs_run += 1
             if single is not None:
                 minibatches = single
+            elif self.prioritized:
+                minibatches = self._prioritized_minibatches(data, probs, per_mb, beta)
             else:
                 perm = torch.randperm(units, generator=self.generator).to(dev, non_blocking=True)
                 minibatches = self._prepare_all([{k: v[idx] for k, v in data.items()} for idx in perm.split(per_mb)])
@@ -152,13 +174,18 @@ class TrainingManager:
                 with autocast(dev, self.loop.amp):
                     if self.recurrent:
                         logits, new_values = policy.forward_sequence(mb["obs"], (mb["h0"], mb["c0"]), mb["first"])
+                    elif self.segments:
+                        logits, new_values = policy.forward_sequence(mb["obs"], None, None)
                     else:
                         logits, new_values, _ = policy.forward_step(mb["obs"])
                 if self.loop.amp:  # the loss in float32
                     logits, new_values = logits.float(), new_values.float()
+                new_logprob = log_prob(logits, mb["actions"], policy.nvec)
+                if self.vtrace:
+                    mb = self._vtrace_minibatch(mb, new_logprob)
                 weights = mb["weights"]
                 out = ppo_loss(
-                    new_logprob=log_prob(logits, mb["actions"], policy.nvec),
+                    new_logprob=new_logprob,
                     old_logprob=mb["old_logprobs"],
                     advantages=mb["advantages"],
                     new_values=new_values,
@@ -167,6 +194,7 @@ class TrainingManager:
                     # With ent_coef == 0 the entropy (a softmax over every step) is not computed.
                     entropy=entropy(logits, policy.nvec) if ppo.ent_coef else None,
                     weights=weights,
+                    sample_weights=mb.get("sample_weights"),
                     **coefs,
                 )
                 grad_norm = optim.step(out.loss)
@@ -220,6 +248,36 @@ class TrainingManager:
             adv = normalize_with_moments(mb["advantages"], m) if self.ppo.norm_adv else mb["advantages"]
             out.append({**mb, "advantages": adv, "weights": shard_weights(mb["valid"], m[0], world, adv.dtype)})
         return out
+
+    def _vtrace_args(self) -> dict[str, float]:
+        ppo = self.ppo
+        return dict(gamma=ppo.gamma, gae_lambda=ppo.gae_lambda, rho_clip=ppo.vtrace_rho_clip, c_clip=ppo.vtrace_c_clip)
+
+    def _prioritized_minibatches(
+        self, data: dict[str, torch.Tensor], probs: torch.Tensor, per_mb: int, beta: float
+    ) -> list[dict[str, torch.Tensor]]:
+        """One update epoch's minibatches of ``per_mb`` rows each, drawn with replacement by
+        priority (as many rows in all as the batch has), each row's steps weighted by its
+        importance weight."""
+        rows = probs.numel()
+        drawn = torch.multinomial(probs.cpu(), rows, replacement=True, generator=self.generator).to(self.device)
+        weights = importance_weights(probs[drawn], rows, beta)
+        minibatches = []
+        for idx, w in zip(drawn.split(per_mb), weights.split(per_mb)):
+            mb = {k: v[idx] for k, v in data.items()}
+            mb["sample_weights"] = w.unsqueeze(1).expand_as(mb["valid"])
+            minibatches.append(mb)
+        return minibatches if self.vtrace else self._prepare_all(minibatches)
+
+    def _vtrace_minibatch(self, mb: dict[str, torch.Tensor], new_logprob: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The minibatch's advantages and value targets recomputed by V-trace from the fresh
+        log-ratios of its rows (0 at steps that are not valid), then prepared as usual."""
+        with torch.no_grad():
+            logratio = (new_logprob.detach() - mb["old_logprobs"]) * mb["valid"]
+            advantages, returns = vtrace_advantages(
+                mb["rewards"], mb["values"], mb["terminated"], mb["truncated"], logratio, **self._vtrace_args()
+            )
+        return self._prepare_all([{**mb, "advantages": advantages, "returns": returns}])[0]
 
     def _global_stats(
         self, means: torch.Tensor, diag: torch.Tensor, data: dict[str, torch.Tensor], returns: torch.Tensor
