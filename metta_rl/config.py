@@ -152,9 +152,9 @@ class EnvConfig(_Config):
     ``tasks``: a curriculum, env configs of this one kind with one observation and action
     space (checked at set-up); each env draws its next task when it resets, with the
     probabilities of ``curriculum`` (``uniform``, or ``learning_progress``: see
-    :class:`LearningProgressConfig`). A task may omit ``kind`` and ``id`` (this env's, which
-    default to the first task's) and the ``kwargs`` it shares with this env. Episode stats are
-    reported per task, under ``env/<task>/``. PettingZoo envs have no curricula.
+    :class:`LearningProgressConfig`). A task may omit ``kind`` and ``id`` (this env's) and the
+    ``kwargs`` it shares with this env. Episode stats are reported per task, under
+    ``env/<task>/``; evaluation scores each task. PettingZoo envs have no curricula.
 
     Whether the id can be built is checked at set-up (:func:`metta_rl.envs.checks.check_runtime`),
     not here: that imports user modules.
@@ -173,15 +173,12 @@ class EnvConfig(_Config):
     @model_validator(mode="before")
     @classmethod
     def _tasks_inherit(cls, data: Any) -> Any:
-        """A task omits what it shares with the env: ``kind`` and ``id`` (the env's, which
-        default to the first task's), and the ``kwargs`` it does not change (merged, the task's
-        win). Idempotent, so a dumped config validates to itself."""
+        """A task omits what it shares with the env: ``kind`` and ``id`` (the env's), and the
+        ``kwargs`` it does not change (merged, the task's win). Idempotent, so a dumped config
+        validates to itself."""
         if not isinstance(data, dict) or not isinstance(data.get("tasks"), (list, tuple)) or not data["tasks"]:
             return data
-        data, first = dict(data), data["tasks"][0]
-        for key in ("kind", "id"):
-            if key not in data and isinstance(first, dict) and key in first:
-                data[key] = first[key]
+        data = dict(data)
         parent = {k: data[k] for k in ("kind", "id") if k in data}
         kwargs = data.get("kwargs") if isinstance(data.get("kwargs"), dict) else {}
         data["tasks"] = [

@@ -166,9 +166,6 @@ def test_tasks_inherit_kind_id_and_kwargs_and_dump_to_themselves():
                                                                                   "width": 11})
     assert (tiny.kind, tiny.id) == ("mettagrid", "tiny")
     assert EnvConfig(**env.to_dict()) == env
-    # The env's kind and id default to the first task's.
-    only_tasks = EnvConfig(tasks=[{"name": "a", "kind": "mettagrid", "id": "tiny"}, {"name": "b"}])
-    assert (only_tasks.kind, only_tasks.id, only_tasks.tasks[1].id) == ("mettagrid", "tiny", "tiny")
 
 
 @pytest.mark.parametrize("env, message", [
