@@ -195,6 +195,9 @@ class EnvConfig(_Config):
         names = [t.name for t in self.tasks]
         if len(set(names)) != len(names):
             raise _Invalid("tasks with distinct names", field="tasks", value=names)
+        for i, name in enumerate(names):  # env/<task>/... beside the env's own env/game/...
+            if "/" in name or name in ("game", "agent"):
+                raise _Invalid("a name without '/', other than game and agent", field=f"tasks[{i}].name", value=name)
         if self.tasks and self.kind == "pettingzoo":
             raise _Invalid("gym or mettagrid with {p}tasks (no PettingZoo curricula)", field="kind", value=self.kind)
         for i, task in enumerate(self.tasks):

@@ -14,6 +14,7 @@ from metta_rl.config import ConfigError, EnvConfig, TrainerConfig
 from metta_rl.core.curriculum import Curriculum
 from metta_rl.envs.checks import check_runtime
 from metta_rl.envs.tasks import TaskDraw, shared_probabilities, view
+from metta_rl.records.checkpoint import CheckpointError
 from tests.integration_utils import make_config
 
 torch.set_num_threads(1)
@@ -141,6 +142,17 @@ def test_curriculum_state_survives_a_resume(tmp_path):
     second.cleanup()
 
 
+def test_a_checkpoint_of_other_tasks_does_not_fit(tmp_path):
+    first = Trainer(curriculum_config(), run_dir=tmp_path / "run", console=False).setup()
+    first.train_epoch()
+    path = first.save_checkpoint()
+    first.cleanup()
+    other = make_config(env={"name": "cp2", "tasks": [{"name": "x"}, {"name": "y"}]}, resume=str(path),
+                        trainer={"batch_size": BATCH, "minibatch_size": 128, "total_timesteps": 100 * BATCH})
+    with pytest.raises(CheckpointError, match="curriculum tasks .* do not match"):
+        Trainer(other, run_dir=tmp_path / "other", console=False).setup()
+
+
 def test_without_tasks_nothing_of_the_curriculum_runs(tmp_path):
     with Trainer(make_config(), run_dir=tmp_path / "plain", console=False) as trainer:
         metrics = trainer.train_epoch()
@@ -176,6 +188,7 @@ def test_tasks_inherit_kind_id_and_kwargs_and_dump_to_themselves():
     ({"kind": "pettingzoo", "id": "tests.envs_for_tests:make_pz_env", "tasks": [{"name": "a"}]},
      r"env.kind='pettingzoo' is invalid"),
     ({"tasks": [{"name": "a", "tasks": [{"name": "x"}]}]}, r"env.tasks\[0\].tasks=\['x'\] is invalid"),
+    ({"tasks": [{"name": "game"}]}, r"env.tasks\[0\].name='game' is invalid: expected a name without '/'"),
     ({"tasks": [{"name": "a"}], "learning_progress": {"slow_rate": 0.5}},
      r"env.learning_progress.slow_rate=0.5 is invalid: expected less than env.learning_progress.fast_rate"),
 ])
