@@ -26,11 +26,10 @@ MASTERED = {"name": "mastered", "kwargs": {"max_episode_steps": 5}}
 LEARNING = {"name": "learning"}
 
 
-def curriculum_config(curriculum="learning_progress", **overrides):
+def curriculum_config(curriculum="learning_progress", trainer=None, **overrides):
     env = {"name": "cp2", "kind": "gym", "id": "CartPole-v1", "tasks": [MASTERED, LEARNING], "curriculum": curriculum}
-    return make_config(
-        env=env, trainer={"batch_size": BATCH, "minibatch_size": 128, "total_timesteps": 100 * BATCH}, **overrides
-    )
+    loop = {"batch_size": BATCH, "minibatch_size": 128, "total_timesteps": 100 * BATCH, **(trainer or {})}
+    return make_config(env=env, trainer=loop, **overrides)
 
 
 def read_metrics(run):
@@ -117,6 +116,20 @@ def test_learning_progress_samples_the_unmastered_task_more_often(tmp_path, curr
         assert share < 0.2, new_eps
     # metrics.jsonl has them too.
     assert "env/learning/episode_return" in read_metrics(tmp_path / curriculum)[-1]
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+def test_same_seed_same_task_draws(tmp_path, overlap):
+    """Serial backend: the task sequence is a function of the seed, also with the rollout in a
+    background thread (the probabilities change only between collections)."""
+    runs = []
+    for name in ("a", "b"):
+        cfg = curriculum_config(trainer={"overlap_rollout": overlap})
+        with Trainer(cfg, run_dir=tmp_path / name, console=False) as trainer:
+            runs.append([trainer.train_epoch() for _ in range(6)])
+    keep = lambda m: {k: v for k, v in m.items() if k.startswith(("curriculum/", "env/"))}  # noqa: E731
+    assert [keep(m) for m in runs[0]] == [keep(m) for m in runs[1]]
+    assert runs[0][-1]["curriculum/mastered/prob"] == pytest.approx(0.1)
 
 
 def test_curriculum_state_survives_a_resume(tmp_path):
