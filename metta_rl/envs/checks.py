@@ -59,7 +59,9 @@ def _spaces(task: EnvConfig, field: str) -> dict[str, Any]:
     except ConfigError:
         raise
     except Exception as exc:  # noqa: BLE001 - gym.make with the task's kwargs may raise anything
-        raise ConfigError(f"{field}.kwargs={task.kwargs!r} is invalid: building the env raised {one_line(exc)}") from None
+        raise ConfigError(
+            f"{field}.kwargs={task.kwargs!r} is invalid: building the env raised {one_line(exc)}"
+        ) from None
     try:
         return {"observation space": env.observation_space, "action space": env.action_space}
     finally:
