@@ -149,6 +149,13 @@ class EnvConfig(_Config):
     ``arena``, ``tiny``) or ``module:callable`` returning a ``MettaGridConfig``; either is called
     with ``kwargs`` (the task's parameters, such as ``num_agents`` or ``max_steps``).
 
+    ``tasks``: a curriculum, env configs of this one kind with one observation and action
+    space (checked at set-up); each env draws its next task when it resets, with the
+    probabilities of ``curriculum`` (``uniform``, or ``learning_progress``: see
+    :class:`LearningProgressConfig`). A task may omit ``kind`` and ``id`` (this env's) and the
+    ``kwargs`` it shares with this env. Episode stats are reported per task, under
+    ``env/<task>/``; evaluation scores each task. PettingZoo envs have no curricula.
+
     Whether the id can be built is checked at set-up (:func:`metta_rl.envs.checks.check_runtime`),
     not here: that imports user modules.
     """
@@ -159,6 +166,48 @@ class EnvConfig(_Config):
     kind: EnvKind = "gym"
     id: Str = Field("CartPole-v1", min_length=1)
     kwargs: dict[str, Any] = Field(default_factory=dict)
+    tasks: list[EnvConfig] = Field(default_factory=list)
+    curriculum: Literal["uniform", "learning_progress"] = "uniform"
+    learning_progress: LearningProgressConfig = Field(default_factory=lambda: LearningProgressConfig())
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tasks_inherit(cls, data: Any) -> Any:
+        """A task omits what it shares with the env: ``kind`` and ``id`` (the env's), and the
+        ``kwargs`` it does not change (merged, the task's win). Idempotent, so a dumped config
+        validates to itself."""
+        if not isinstance(data, dict) or not isinstance(data.get("tasks"), (list, tuple)) or not data["tasks"]:
+            return data
+        data = dict(data)
+        parent = {k: data[k] for k in ("kind", "id") if k in data}
+        kwargs = data.get("kwargs") if isinstance(data.get("kwargs"), dict) else {}
+        data["tasks"] = [
+            {**parent, **t, "kwargs": {**kwargs, **(t.get("kwargs") or {})}} if isinstance(t, dict) else t
+            for t in data["tasks"]
+        ]
+        return data
+
+    @model_validator(mode="after")
+    def _tasks_fit(self) -> EnvConfig:
+        if self.curriculum != "uniform" and not self.tasks:
+            raise _Invalid("uniform without {p}tasks (a curriculum draws among tasks)", field="curriculum",
+                           value=self.curriculum)
+        names = [t.name for t in self.tasks]
+        if len(set(names)) != len(names):
+            raise _Invalid("tasks with distinct names", field="tasks", value=names)
+        for i, name in enumerate(names):  # env/<task>/... beside the env's own env/game/...
+            if "/" in name or name in ("game", "agent"):
+                raise _Invalid("a name without '/', other than game and agent", field=f"tasks[{i}].name", value=name)
+        if self.tasks and self.kind == "pettingzoo":
+            raise _Invalid("gym or mettagrid with {p}tasks (no PettingZoo curricula)", field="kind", value=self.kind)
+        for i, task in enumerate(self.tasks):
+            if task.kind != self.kind:
+                raise _Invalid(f"{self.kind!r} ({{p}}kind): a curriculum's tasks are of one kind",
+                               field=f"tasks[{i}].kind", value=task.kind)
+            if task.tasks:
+                raise _Invalid("no tasks of its own (one level of tasks)", field=f"tasks[{i}].tasks",
+                              value=[t.name for t in task.tasks])
+        return self
 
     @model_validator(mode="after")
     def _id_fits_kind(self) -> EnvConfig:
@@ -178,6 +227,26 @@ class EnvConfig(_Config):
         return self
 
 
+class LearningProgressConfig(_Config):
+    """``env.curriculum=learning_progress`` (:mod:`metta_rl.core.curriculum`): per task a fast
+    and a slow moving average of its episode return, moved once per epoch in which it finished
+    episodes; tasks are drawn in proportion to their gap (scaled by the task's return range),
+    with an ``explore`` share of draws uniform."""
+
+    section: ClassVar[str] = "env.learning_progress"
+
+    fast_rate: float = Field(0.1, gt=0, le=1)
+    slow_rate: float = Field(0.02, gt=0, le=1)
+    explore: float = Field(0.2, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _slow_is_slower(self) -> LearningProgressConfig:
+        if self.slow_rate >= self.fast_rate:
+            raise _Invalid(f"less than {{p}}fast_rate={self.fast_rate}", field="slow_rate", value=self.slow_rate)
+        return self
+
+
+EnvConfig.model_rebuild()
 _EnvList = _list(EnvConfig)
 
 
@@ -465,6 +534,10 @@ class EvaluationConfig(_Config):
         names = [t.name for t in self.tasks]
         if len(set(names)) != len(names):
             raise _Invalid("tasks with distinct names", field="tasks", value=names)
+        for i, task in enumerate(self.tasks):
+            if task.tasks:  # a training curriculum's tasks are scored one by one anyway
+                raise _Invalid("no tasks (list each task to score here)", field=f"tasks[{i}].tasks",
+                              value=[t.name for t in task.tasks])
         return self
 
 

@@ -235,6 +235,7 @@ class Trainer:
             "stats": self.stats.state_dict(),
             "evaluation": self.evaluator.state_dict() if self.evaluator is not None else None,
             "guard": self.guard.state_dict(),
+            "environment": self.env.state_dict() if self.env is not None else {},
             "eval_failures": self.eval_failures,
             "progress": asdict(self.progress),
             "rng": ckpt_files.capture_rng(),
@@ -269,6 +270,8 @@ class Trainer:
                     self.evaluator.load_state_dict(state["evaluation"])
                 # Checkpoints from before these counters were saved load them as 0.
                 self.guard.load_state_dict(state.get("guard", {}))
+                if self.env is not None:  # the curriculum, if any
+                    self.env.load_state_dict(state.get("environment", {}))
                 self.eval_failures = int(state.get("eval_failures", 0))
                 saved_progress = TrainingProgress(**state["progress"])
                 # The step budget is this config's: a resumed run may be extended.
@@ -356,11 +359,14 @@ class Trainer:
     def train_epoch(self) -> dict[str, float]:
         """Collect one batch, update once, evaluate if due; returns the epoch's metrics."""
         self._start()
-        assert self.policy is not None
+        assert self.policy is not None and self.env is not None
         t0 = time.perf_counter()
         rollout = self.rollout.collect(self.policy, self.progress)
         if self.dist.enabled:  # agent steps and episodes of every rank
             rollout = RolloutResult.combined(self.dist.all_gather_object(rollout), local=rollout)
+        # Before the next collection starts: its resets draw tasks with the new probabilities.
+        # From the pooled episodes, so every rank's curriculum stays the same.
+        self.env.update_curriculum(rollout.env_info)
         self.hooks.call("on_rollout_end", progress=self.progress, rollout=rollout)
         prev = self.progress
         step_after, epoch_after = prev.agent_step + rollout.agent_steps, prev.epoch + 1
@@ -390,6 +396,7 @@ class Trainer:
             env=rollout.env_seconds, inference=rollout.inference_seconds, update=t2 - t1, total=t3 - t0
         )
         metrics = self.stats.record(progress, rollout, losses, timings, self.optimizer.lr)
+        metrics.update(self.env.curriculum_metrics())
         metrics.update(eval_metrics)
         metrics["losses/rollbacks"] = self.guard.rollbacks
         report = EpochReport(progress=progress, rollout=rollout, losses=losses, timings=timings, eval=epoch_eval)

@@ -199,7 +199,7 @@ def preflight_error(capsys, *argv: str) -> str:
         (["foo=bar"], "unknown config field 'foo'"),
         (["env.nmae=x"], "unknown config field 'env.nmae' (did you mean 'env.name'?)"),
         (["env=nope"],
-         "In 'train': Could not find 'env/nope' (available: acrobot, cartpole, mettagrid_arena, mettagrid_navigation)"),
+         "In 'train': Could not find 'env/nope' (available: acrobot, cartpole, mettagrid_arena, mettagrid_curriculum, mettagrid_navigation)"),
         (["trainer.total_timesteps=-5"], "trainer.total_timesteps=-5 is invalid: expected an integer >= 1"),
         (["trainer.total_timesteps=abc"], "trainer.total_timesteps='abc' is invalid: expected an integer >= 1"),
         (["ppo.norm_adv=1"], "ppo.norm_adv=1 is invalid: expected true or false"),

@@ -12,7 +12,7 @@ import ctypes
 import multiprocessing
 import signal
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import gymnasium
@@ -20,6 +20,7 @@ import pufferlib.emulation
 
 from metta_rl.config import ConfigError
 from metta_rl.envs.seeding import EnvSeeds
+from metta_rl.envs.tasks import TaskDraw, TaskSwitchingGym
 from metta_rl.envs.user_code import import_user_module, one_line, resolve_callable
 
 
@@ -55,7 +56,7 @@ def check_env_id(kind: str, env_id: str, kwargs: dict[str, Any] | None = None, *
         if isinstance(target, type) and issubclass(target, gymnasium.Env):
             return
         try:
-            env = _make_gym(env_id, dict(kwargs or {}), field=field)
+            env = make_gym(env_id, dict(kwargs or {}), field=field)
         except ConfigError:
             raise
         except Exception as exc:  # noqa: BLE001 - the user's callable may raise anything
@@ -73,7 +74,7 @@ def check_env_id(kind: str, env_id: str, kwargs: dict[str, Any] | None = None, *
         check_mettagrid_id(env_id, dict(kwargs or {}), field=field)
 
 
-def _make_gym(env_id: str, kwargs: dict[str, Any], *, field: str = "env.id") -> gymnasium.Env:
+def make_gym(env_id: str, kwargs: dict[str, Any], *, field: str = "env.id") -> gymnasium.Env:
     """A Gymnasium env from a registered id, from Gymnasium's ``module:EnvId`` (importing the
     module registers the id), or from ``module:callable`` returning a ``gymnasium.Env``.
 
@@ -157,7 +158,10 @@ def _die_with_parent() -> None:
 
 @dataclass(frozen=True)
 class EnvCreator:
-    """Builds one env for pufferlib.vector; picklable, so Multiprocessing workers can call it."""
+    """Builds one env for pufferlib.vector; picklable, so Multiprocessing workers can call it.
+
+    ``tasks`` (a curriculum, ``env.tasks``): ``(name, id, kwargs)`` per task, drawn at each reset
+    with the shared ``task_probs`` (:mod:`metta_rl.envs.tasks`); none: the one env ``env_id``."""
 
     kind: str
     env_id: str
@@ -166,6 +170,8 @@ class EnvCreator:
     stream: int
     env_index: int
     render_mode: str | None = None
+    tasks: tuple[tuple[str, str, tuple[tuple[str, Any], ...]], ...] = ()
+    task_probs: Any = field(default=None, compare=False)
 
     def __call__(self, buf: Any = None, seed: int | None = None) -> Any:  # noqa: ARG002 (pufferlib's seed)
         if multiprocessing.parent_process() is not None:
@@ -177,9 +183,18 @@ class EnvCreator:
         kwargs = dict(self.kwargs)
         label = f"{self.env_index} ({self.env_id})"
         if self.kind == "gym":
-            if self.render_mode is not None:
-                kwargs["render_mode"] = self.render_mode
-            env = _SeededGymReset(_make_gym(self.env_id, kwargs), seeds, label)
+            if self.tasks:
+                render = {} if self.render_mode is None else {"render_mode": self.render_mode}
+                draw = TaskDraw([name for name, _, _ in self.tasks], self.task_probs)
+                gym_env: gymnasium.Env = TaskSwitchingGym(
+                    [make_gym(task_id, {**dict(task_kwargs), **render}) for _, task_id, task_kwargs in self.tasks],
+                    draw,
+                )
+            else:
+                if self.render_mode is not None:
+                    kwargs["render_mode"] = self.render_mode
+                gym_env = make_gym(self.env_id, kwargs)
+            env = _SeededGymReset(gym_env, seeds, label)
             return pufferlib.emulation.GymnasiumPufferEnv(env=env, buf=buf)
         if self.kind == "pettingzoo":
             env = _SeededParallelEnv(resolve_callable(self.env_id)(**kwargs), seeds, label)
@@ -187,6 +202,10 @@ class EnvCreator:
         if self.kind == "mettagrid":
             from metta_rl.envs.mettagrid_env import make_mettagrid_env  # mettagrid imports slowly
 
+            if self.tasks:
+                draw = TaskDraw([name for name, _, _ in self.tasks], self.task_probs)
+                tasks = [(task_id, dict(task_kwargs)) for _, task_id, task_kwargs in self.tasks]
+                return make_mettagrid_env(self.env_id, kwargs, seeds=seeds, buf=buf, tasks=tasks, draw=draw)
             return make_mettagrid_env(self.env_id, kwargs, seeds=seeds, buf=buf)
         raise ConfigError(f"env.kind={self.kind!r} is invalid")
 
@@ -194,10 +213,14 @@ class EnvCreator:
 def make_creators(
     kind: str, env_id: str, kwargs: dict[str, Any], *, seed: int, stream: int, num_envs: int,
     render_mode: str | None = None, first_index: int = 0,
+    tasks: tuple[tuple[str, str, dict[str, Any]], ...] = (), task_probs: Any = None,
 ) -> list[EnvCreator]:
     """``first_index``: the index of the first env (rank r of a torchrun launch has envs
-    ``r * num_envs ...``, so every env of every rank has a seed of its own)."""
+    ``r * num_envs ...``, so every env of every rank has a seed of its own). ``tasks``:
+    ``(name, id, kwargs)`` of a curriculum's tasks, drawn with the shared ``task_probs``."""
     frozen = tuple(sorted(kwargs.items()))
+    frozen_tasks = tuple((name, task_id, tuple(sorted(kw.items()))) for name, task_id, kw in tasks)
     return [
-        EnvCreator(kind, env_id, frozen, seed, stream, first_index + i, render_mode) for i in range(num_envs)
+        EnvCreator(kind, env_id, frozen, seed, stream, first_index + i, render_mode, frozen_tasks, task_probs)
+        for i in range(num_envs)
     ]

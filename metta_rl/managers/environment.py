@@ -1,4 +1,5 @@
-"""EnvironmentManager: owns the vectorized env, its seeding and the batch geometry."""
+"""EnvironmentManager: owns the vectorized env, its seeding, the batch geometry and the task
+curriculum (``env.tasks``)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ import pufferlib
 import pufferlib.vector
 
 from metta_rl.config import ConfigError, EnvConfig, VectorizationConfig
+from metta_rl.core.curriculum import Curriculum
 from metta_rl.core.token_grid import TokenLayout
 from metta_rl.envs.factories import EnvStepError, make_creators
 from metta_rl.envs.seeding import reset_key
+from metta_rl.envs.tasks import shared_probabilities, view
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +54,11 @@ class EnvironmentManager:
     Multiprocessing runs asynchronously with ``batch_size < num_envs``). ``token_layout`` is
     how a MettaGrid env's token observations map onto its observation window (None for other
     envs), computed here from the config, whichever process the envs run in.
+
+    With ``env.tasks`` it owns the :class:`~metta_rl.core.curriculum.Curriculum` too: the
+    trainer hands it each epoch's rollout (:meth:`update_curriculum`) and it writes the new
+    task probabilities where every env draws from (:mod:`metta_rl.envs.tasks`); its state is in
+    :meth:`state_dict`. Without tasks there is none, and nothing of it runs.
     """
 
     def __init__(
@@ -70,11 +78,22 @@ class EnvironmentManager:
         if env.kind == "mettagrid":
             from metta_rl.envs.mettagrid_config import token_layout  # mettagrid imports slowly
 
-            self.token_layout = token_layout(env)
+            self.token_layout = token_layout(env.tasks[0] if env.tasks else env)
+        self.curriculum: Curriculum | None = None
+        self._task_probs: Any = None
+        tasks: tuple[tuple[str, str, dict[str, Any]], ...] = ()
+        if env.tasks:
+            lp = env.learning_progress
+            self.curriculum = Curriculum(
+                names=[t.name for t in env.tasks], mode=env.curriculum, fast_rate=lp.fast_rate,
+                slow_rate=lp.slow_rate, explore=lp.explore,
+            )
+            self._task_probs = shared_probabilities(len(env.tasks))
+            tasks = tuple((t.name, t.id, dict(t.kwargs)) for t in env.tasks)
         num_envs = vectorization.num_envs
         creators = make_creators(
             env.kind, env.id, env.kwargs, seed=seed, stream=stream, num_envs=num_envs, render_mode=render_mode,
-            first_index=rank * num_envs,
+            first_index=rank * num_envs, tasks=tasks, task_probs=self._task_probs,
         )
         kwargs: dict[str, Any] = {}
         if vectorization.backend == "multiprocessing":
@@ -122,6 +141,31 @@ class EnvironmentManager:
                 f"({self.num_agents} = vectorization.num_envs x agents per env)"
             )
         return batch_size // self.num_agents
+
+    # ------------------------------------------------------------------ curriculum
+    def update_curriculum(self, env_info: dict[str, list[float]]) -> None:
+        """Fold one epoch's finished episodes (a rollout's ``env_info``: each task's
+        ``<task>/episode_return`` list) into the curriculum, and publish its probabilities to
+        the envs. Call it between collections (not while a background one runs): the envs of
+        a serial backend then draw reproducibly."""
+        if self.curriculum is None:
+            return
+        self.curriculum.update({name: env_info.get(f"{name}/episode_return", ()) for name in self.curriculum.names})
+        view(self._task_probs)[:] = self.curriculum.probabilities
+
+    def curriculum_metrics(self) -> dict[str, float]:
+        return self.curriculum.metrics() if self.curriculum is not None else {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"curriculum": self.curriculum.state_dict()} if self.curriculum is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """A checkpoint of a run without tasks (or from before curricula) restores nothing; one
+        with a curriculum needs this run's task names."""
+        if self.curriculum is None or "curriculum" not in state:
+            return
+        self.curriculum.load_state_dict(state["curriculum"])
+        view(self._task_probs)[:] = self.curriculum.probabilities
 
     def reset(self, start: int = 0) -> None:
         """Start every env on episodes of its own for start point ``start`` (the epoch a run

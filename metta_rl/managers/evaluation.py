@@ -1,6 +1,7 @@
 """EvaluationManager: scores the policy on envs of its own, never the training envs.
 
-One score per eval task (``evaluation.tasks``; none listed means the training env). Each task
+One score per eval task (``evaluation.tasks``; none listed means the training env, or each task
+of its curriculum, ``env.tasks``). Each task
 has its own Serial vector env on the evaluation seed stream, reset with the same seeds at every
 evaluation, and sampled actions come from a generator of its own, re-seeded at every
 evaluation: the same policy always gets the same score, scores across a run are comparable, and
@@ -217,7 +218,7 @@ class EvaluationManager:
         self.interval = config.target_interval if target and config.target_interval else config.evaluate_interval
         self.device = torch.device(device)
         self.seed = seed
-        self.tasks: list[EnvConfig] = list(config.tasks) or [env]
+        self.tasks: list[EnvConfig] = list(config.tasks) or list(env.tasks) or [env]
         self.tracker = PolicyTracker()
         self._envs: dict[str, EnvironmentManager | None] = {t.name: None for t in self.tasks}
         self._replay_warned: set[str] = set()
