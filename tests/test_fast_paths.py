@@ -175,3 +175,49 @@ def test_the_one_node_training_forward_has_autograd_s_values_and_gradients_bit_f
     assert policy.forward_step(obs)[0].grad_fn.name() == "TwinActorCriticFnBackward"
     assert torch.equal(fused[0], reference[0]) and torch.equal(fused[1], reference[1])
     assert all(torch.equal(a, b) for a, b in zip(fused[2], reference[2]))
+
+
+@pytest.mark.parametrize("nvec", [[3], [3, 4]])
+@pytest.mark.parametrize("ent_coef,clip_vloss", [(0.0, False), (0.01, False), (0.0, True), (0.02, True)])
+def test_the_explicit_update_step_has_autograd_s_gradients_through_ppo_loss(nvec, ent_coef, clip_vloss):
+    """forward_explicit + ppo_loss_grads + log_prob_grad (what the update runs without autograd)
+    give the gradients autograd computes through ppo_loss(log_prob(...)): the loss minimized is
+    the tested one. Ratios inside and outside the clip range, clipped values, masked steps."""
+    from metta_rl.core.policy import entropy, log_prob, log_prob_grad
+    from metta_rl.core.ppo import mean_weights, ppo_loss, ppo_loss_grads
+
+    torch.manual_seed(0)
+    space = gymnasium.spaces.Discrete(nvec[0]) if len(nvec) == 1 else gymnasium.spaces.MultiDiscrete(nvec)
+    policy = ActorCritic(obs_space=gymnasium.spaces.Box(-1.0, 1.0, (4,)), action_space=space, config=PolicyConfig())
+    optim = OptimizerManager(policy=policy, config=OptimizerConfig())
+    n = 256
+    obs = torch.randn(n, 4)
+    actions = torch.stack([torch.randint(0, k, (n,)) for k in nvec], dim=-1)
+    with torch.no_grad():
+        logits, values, _ = policy.forward_step(obs)
+    old_logprob = log_prob(logits, actions, nvec) + 0.3 * torch.randn(n)  # ratios from ~0.5 to ~2
+    old_values = values + 0.5 * torch.randn(n)
+    valid = (torch.rand(n) > 0.1).float()
+    mb = dict(old_logprob=old_logprob, advantages=torch.randn(n), old_values=old_values, returns=torch.randn(n),
+              weights=mean_weights(valid, torch.float32))
+    coefs = dict(clip_coef=0.2, vf_coef=0.5, ent_coef=ent_coef, clip_vloss=clip_vloss, vf_clip_coef=0.3)
+
+    def loss(logits, values):
+        return ppo_loss(new_logprob=log_prob(logits, actions, nvec), new_values=values,
+                        entropy=entropy(logits, nvec) if ent_coef else None, **mb, **coefs)
+
+    optim.flat.grad.zero_()
+    logits, values, _ = policy.forward_step(obs)
+    reference = loss(logits, values)
+    reference.loss.backward()
+    expected = optim.flat.grad.clone()
+
+    optim.flat.grad.fill_(float("nan"))  # the explicit backward writes every gradient
+    logits, values, backward = policy.forward_explicit(obs)
+    out = loss(logits, values)
+    g_logprob, g_values, g_entropy = ppo_loss_grads(
+        logratio=out.logratio, advantages=mb["advantages"], new_values=values, old_values=old_values,
+        returns=mb["returns"], weights=mb["weights"], **coefs)
+    backward(log_prob_grad(logits, actions, nvec, g_logprob, g_entropy), torch.from_numpy(g_values))
+    assert torch.equal(out.loss, reference.loss.detach())
+    torch.testing.assert_close(optim.flat.grad, expected, rtol=1e-5, atol=1e-8)

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from metta_rl.config import ConfigError, PolicyConfig
-from metta_rl.core.twin_mlp import NUMPY_INFERENCE_ROWS, NumpyInference, TwinMLP, twin_actor_critic
+from metta_rl.core.twin_mlp import NUMPY_INFERENCE_ROWS, NumpyInference, TwinMLP, twin_actor_critic, twin_forward_explicit
 
 LSTMState = tuple[torch.Tensor, torch.Tensor]
 
@@ -129,6 +129,12 @@ class Policy(nn.Module):
         core = self.core_sequence(hidden, state, first)
         return self.actor(core), self.critic(core).squeeze(-1)
 
+    def forward_explicit(self, obs: torch.Tensor):
+        """``(logits, values, backward)`` of a feed-forward step with no autograd graph, where the
+        policy has a hand-written backward: ``backward(g_logits, g_values)`` writes every
+        parameter's ``.grad``. None where it has not (then autograd it is)."""
+        return None
+
     def core_step(self, x: torch.Tensor, state: LSTMState) -> LSTMState:
         """One LSTM step from ``state`` (already reset where episodes start): ``(h, c)``."""
         return self.lstm(x, state)
@@ -210,6 +216,17 @@ class ActorCritic(Policy):
             return logits, values, None
         return super().forward_step(obs, state, first)
 
+    def forward_explicit(self, obs: torch.Tensor):
+        """The twin trunks' hand-written forward and backward without autograd (tanh, contiguous
+        CPU float32 observations, every ``.grad`` allocated, as the optimizer keeps them)."""
+        x = self._flat(obs)
+        if (
+            self.twin is None or self.twin.activation != "tanh" or x.device.type != "cpu" or x.dtype != torch.float32
+            or not x.is_contiguous()
+        ):
+            return None
+        return twin_forward_explicit(self.twin, self.actor, self.critic, x)
+
 
 # ---------------------------------------------------------------------- action heads
 def sample_actions(
@@ -257,3 +274,28 @@ def entropy(logits: torch.Tensor, nvec: list[int]) -> torch.Tensor:
         logp = torch.log_softmax(logits, dim=-1)
         return -(logp.exp() * logp).sum(-1)
     return torch.stack([entropy(h, [h.shape[-1]]) for h in torch.split(logits, nvec, dim=-1)], -1).sum(-1)
+
+
+def log_prob_grad(
+    logits: torch.Tensor, actions: torch.Tensor, nvec: list[int], g_logprob: np.ndarray, g_entropy: np.ndarray | None
+) -> torch.Tensor:
+    """The gradient with respect to the logits of ``sum(g_logprob * log_prob(logits, actions))
+    + sum(g_entropy * entropy(logits))``, analytically, in numpy (CPU): per head
+    ``d log p_a / dz = onehot(a) - p`` and ``dH / dz = -p * (log p + H)``."""
+    z, acts = logits.numpy(), actions.numpy()
+    grad = np.empty_like(z)
+    rows = np.arange(z.shape[0])
+    start = 0
+    for i, n in enumerate(nvec):
+        head = z[:, start : start + n]
+        logp = head - head.max(1, keepdims=True)
+        logp -= np.log(np.exp(logp).sum(1, keepdims=True))
+        p = np.exp(logp)
+        g = grad[:, start : start + n]
+        np.multiply(p, -g_logprob[:, None], out=g)
+        g[rows, acts[:, i]] += g_logprob
+        if g_entropy is not None:
+            h = -(p * logp).sum(1, keepdims=True)
+            g -= g_entropy[:, None] * p * (logp + h)
+        start += n
+    return torch.from_numpy(grad)

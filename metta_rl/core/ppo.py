@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 
@@ -306,6 +307,51 @@ def ppo_loss(
             raise ValueError(f"ppo_loss: ent_coef={ent_coef} needs `entropy`, the per-step entropies of the new policy")
         loss = torch.sub(loss, ent, alpha=ent_coef)  # the entropy bonus: - ent_coef * entropy
     return PPOLosses(loss, pg_loss, v_loss, ent, logratio.detach(), weights, clip_coef)
+
+
+def ppo_loss_grads(
+    *,
+    logratio: torch.Tensor,
+    advantages: torch.Tensor,
+    new_values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    weights: torch.Tensor,
+    clip_coef: float,
+    vf_coef: float,
+    ent_coef: float,
+    clip_vloss: bool = False,
+    vf_clip_coef: float = 10.0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The gradient of :func:`ppo_loss`'s ``loss`` with respect to ``new_logprob`` (given
+    ``logratio = new_logprob - old_logprob``, as :class:`PPOLosses` holds it),
+    ``new_values`` and ``entropy`` (None when ``ent_coef == 0``), analytically, as numpy float32
+    on CPU tensors: for an update that runs its own backward, where autograd's ~15 nodes over
+    the loss terms cost more than the terms (tests/test_fast_paths.py checks these against
+    autograd's through ``ppo_loss``). ``torch.maximum`` splits a tie's gradient in halves, as here.
+    """
+    w = weights.numpy()
+    neg_adv = -advantages.numpy()
+    ratio = np.exp(logratio.numpy())
+    lo, hi = 1.0 - clip_coef, 1.0 + clip_coef
+    unclipped = neg_adv * ratio
+    # max(a, b) passes its gradient to a where a > b, to b where b > a, half to each on a tie;
+    # b (clipped) has one only inside [lo, hi], where a == b exactly: so the whole of a's
+    # gradient where a >= b, none elsewhere.
+    g_logprob = w * unclipped * (unclipped >= neg_adv * np.clip(ratio, lo, hi))
+    v, ret = new_values.numpy(), returns.numpy()
+    err = v - ret
+    g_values = vf_coef * w * err
+    if clip_vloss:
+        old = old_values.numpy()
+        delta = v - old
+        err_clipped = old + np.clip(delta, -vf_clip_coef, vf_clip_coef) - ret
+        sq, sq_clipped = err * err, err_clipped * err_clipped
+        share_v = np.where(sq > sq_clipped, 1.0, np.where(sq == sq_clipped, 0.5, 0.0)).astype(np.float32)
+        inside = (delta >= -vf_clip_coef) & (delta <= vf_clip_coef)
+        g_values = vf_coef * w * (share_v * err + (1.0 - share_v) * err_clipped * inside)
+    g_entropy = None if ent_coef == 0 else -ent_coef * w
+    return g_logprob, g_values.astype(np.float32, copy=False), g_entropy
 
 
 def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor | None = None) -> float:

@@ -87,55 +87,91 @@ class TwinMLP(nn.Module):
         return actor, critic
 
 
+def _twin_forward(x, first_size, w_in, b_in, wa, ba, wc, bc, *layers):
+    """``(logits, values, saved)``: trunks (tanh) and heads; ``saved`` is what
+    :func:`_twin_backward` needs."""
+    k = len(layers) // 2
+    weights, biases = layers[:k], layers[k:]
+    h1 = numpy_tanh(torch.addmm(b_in, x, w_in))
+    h = h1.view(x.shape[0], 2, first_size).transpose(0, 1)
+    outs = []
+    for w, b in zip(weights, biases):
+        h = numpy_tanh(torch.baddbmm(b, h, w))
+        outs.append(h)
+    logits = torch.addmm(ba, h[0], wa.t())
+    values = torch.addmm(bc, h[1], wc.t()).squeeze(-1)
+    return logits, values, (x, h1, wa, wc, *outs, *weights)
+
+
+def _twin_backward(saved, first_size, g_logits, g_values, out=None):
+    """The gradients of ``(w_in, b_in, wa, ba, wc, bc, *weights, *biases)``, by hand with the
+    kernels autograd would use. With ``out`` (one tensor per parameter) they are written
+    there (``out=`` of each kernel, no copies) and ``out`` is returned."""
+    x, h1, wa, wc, *rest = saved
+    k = len(rest) // 2
+    outs, weights = rest[:k], rest[k:]
+    o = out if out is not None else [None] * (6 + 2 * k)
+    h1_pair = h1.view(x.shape[0], 2, first_size).transpose(0, 1)
+    last = outs[-1] if k else h1_pair
+    g_v = g_values.unsqueeze(0)  # [1, batch]
+    g = [None] * (6 + 2 * k)
+    g[2], g[3] = torch.mm(g_logits.t(), last[0], out=o[2]), torch.sum(g_logits, 0, out=o[3])
+    g[4], g[5] = torch.mm(g_v, last[1], out=o[4]), torch.sum(g_v, 1, out=o[5])
+    g_h = torch.stack([g_logits.mm(wa), g_v.t().mm(wc)])
+    for i in range(k - 1, -1, -1):
+        g_z = torch.ops.aten.tanh_backward(g_h, outs[i])
+        inp = outs[i - 1] if i else h1_pair
+        g[6 + i] = torch.bmm(inp.transpose(1, 2), g_z, out=o[6 + i])
+        g[6 + k + i] = torch.sum(g_z, 1, keepdim=True, out=o[6 + k + i])
+        g_h = torch.bmm(g_z, weights[i].transpose(1, 2))
+    g_z1 = torch.ops.aten.tanh_backward(g_h.transpose(0, 1).reshape(h1.shape), h1)
+    g[0], g[1] = torch.mm(x.t(), g_z1, out=o[0]), torch.sum(g_z1, 0, out=o[1])
+    return g
+
+
 class TwinActorCriticFn(torch.autograd.Function):
     """Trunks (tanh) and heads forward; backward by hand with the kernels autograd would use."""
 
     @staticmethod
-    def forward(ctx, x, first_size, w_in, b_in, wa, ba, wc, bc, *layers):  # type: ignore[override]
-        k = len(layers) // 2
-        weights, biases = layers[:k], layers[k:]
-        h1 = numpy_tanh(torch.addmm(b_in, x, w_in))
-        h = h1.view(x.shape[0], 2, first_size).transpose(0, 1)
-        outs = []
-        for w, b in zip(weights, biases):
-            h = numpy_tanh(torch.baddbmm(b, h, w))
-            outs.append(h)
-        logits = torch.addmm(ba, h[0], wa.t())
-        values = torch.addmm(bc, h[1], wc.t()).squeeze(-1)
-        ctx.save_for_backward(x, h1, wa, wc, *outs, *weights)
-        ctx.first_size, ctx.layers = first_size, k
+    def forward(ctx, x, first_size, *params):  # type: ignore[override]
+        logits, values, saved = _twin_forward(x, first_size, *params)
+        ctx.save_for_backward(*saved)
+        ctx.first_size = first_size
         return logits, values
 
     @staticmethod
     def backward(ctx, g_logits, g_values):  # type: ignore[override]
-        k = ctx.layers
-        x, h1, wa, wc, *rest = ctx.saved_tensors
-        outs, weights = rest[:k], rest[k:]
-        h1_pair = h1.view(x.shape[0], 2, ctx.first_size).transpose(0, 1)
-        last = outs[-1] if k else h1_pair
-        g_v = g_values.unsqueeze(0)  # [1, batch]
-        g_wa, g_ba = g_logits.t().mm(last[0]), g_logits.sum(0)
-        g_wc, g_bc = g_v.mm(last[1]), g_v.sum(1)
-        g_h = torch.stack([g_logits.mm(wa), g_v.t().mm(wc)])
-        g_weights, g_biases = [None] * k, [None] * k
-        for i in range(k - 1, -1, -1):
-            g_z = torch.ops.aten.tanh_backward(g_h, outs[i])
-            inp = outs[i - 1] if i else h1_pair
-            g_weights[i] = torch.bmm(inp.transpose(1, 2), g_z)
-            g_biases[i] = g_z.sum(1, keepdim=True)
-            g_h = torch.bmm(g_z, weights[i].transpose(1, 2))
-        g_z1 = torch.ops.aten.tanh_backward(g_h.transpose(0, 1).reshape(h1.shape), h1)
-        return None, None, x.t().mm(g_z1), g_z1.sum(0), g_wa, g_ba, g_wc, g_bc, *g_weights, *g_biases
+        return None, None, *_twin_backward(ctx.saved_tensors, ctx.first_size, g_logits, g_values)
+
+
+def twin_params(twin: TwinMLP, actor: nn.Linear, critic: nn.Linear) -> list[torch.Tensor]:
+    """The parameters in the order :func:`_twin_forward` takes them."""
+    return [twin.w_in, twin.b_in, actor.weight, actor.bias, critic.weight, critic.bias, *twin.weights, *twin.biases]
+
+
+def twin_forward_explicit(twin: TwinMLP, actor: nn.Linear, critic: nn.Linear, x: torch.Tensor):
+    """``(logits, values, backward)`` without autograd: ``backward(g_logits, g_values)`` writes
+    every parameter's gradient into its ``.grad`` (overwriting it: nothing to zero, no
+    AccumulateGrad), for an update that computes the loss gradient itself
+    (:meth:`metta_rl.core.policy.ActorCritic.forward_explicit`). None if a ``.grad`` is missing."""
+    params = twin_params(twin, actor, critic)
+    if any(p.grad is None for p in params):
+        return None
+    with torch.no_grad():
+        logits, values, saved = _twin_forward(x, twin.first_size, *params)
+
+    def backward(g_logits: torch.Tensor, g_values: torch.Tensor) -> None:
+        with torch.no_grad():
+            _twin_backward(saved, twin.first_size, g_logits, g_values, out=[p.grad for p in params])
+
+    return logits, values, backward
 
 
 def twin_actor_critic(twin: TwinMLP, actor: nn.Linear, critic: nn.Linear, x: torch.Tensor):
     """``(logits, values)`` of the trunks and heads, as one autograd node where it applies
     (tanh, contiguous CPU float32 observations), else as plain autograd ops."""
     if twin.activation == "tanh" and x.device.type == "cpu" and x.dtype == torch.float32 and x.is_contiguous():
-        return TwinActorCriticFn.apply(
-            x, twin.first_size, twin.w_in, twin.b_in, actor.weight, actor.bias, critic.weight, critic.bias,
-            *twin.weights, *twin.biases,
-        )
+        return TwinActorCriticFn.apply(x, twin.first_size, *twin_params(twin, actor, critic))
     actor_in, critic_in = twin.forward(x)
     logits = nn.functional.linear(actor_in, actor.weight, actor.bias)
     return logits, nn.functional.linear(critic_in, critic.weight, critic.bias).squeeze(-1)

@@ -8,7 +8,7 @@ scheduler object whose own step counter could drift from the trainer's.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -171,8 +171,11 @@ class OptimizerManager:
             group["lr"] = self.lr
         return self.lr
 
-    def step(self, loss: torch.Tensor) -> torch.Tensor:
+    def step(self, loss: torch.Tensor | Callable[[], None]) -> torch.Tensor:
         """Backward, clip, step. Returns the pre-clip gradient norm.
+
+        ``loss`` is a loss tensor (autograd's backward) or a hand-written backward that writes
+        every parameter's gradient (:meth:`metta_rl.core.policy.Policy.forward_explicit`).
 
         A non-finite gradient norm (a NaN/Inf loss gives one too) skips the optimizer step,
         leaving weights and Adam moments untouched, and is counted in ``nonfinite_streak``.
@@ -181,7 +184,7 @@ class OptimizerManager:
         """
         grad = self.flat.grad
         grad.zero_()
-        loss.backward()
+        loss() if callable(loss) else loss.backward()
         self.dist.mean_(grad)  # the ranks' average gradient (nothing in a single process)
         norm = torch.linalg.vector_norm(grad)
         value = norm.item()  # the one read per step: it decides both the skip and the clip

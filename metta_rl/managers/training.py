@@ -17,19 +17,20 @@ from metta_rl.config import ConfigError, PPOConfig, TrainingLoopConfig
 from metta_rl.core.device import autocast
 from metta_rl.distributed import SINGLE, Distributed
 from metta_rl.managers.optimizer import OptimizerManager
-from metta_rl.core.policy import Policy, entropy, log_prob
+from metta_rl.core.policy import Policy, entropy, log_prob, log_prob_grad
 from metta_rl.core.ppo import (
     approx_kl,
     clip_fraction,
     compute_gae,
     explained_variance,
     explained_variance_from_moments,
+    importance_weights,
     masked_moments,
     mean_weights,
     normalize_advantages,
     normalize_with_moments,
-    importance_weights,
     ppo_loss,
+    ppo_loss_grads,
     segment_probabilities,
     shard_weights,
     vtrace_advantages,
@@ -171,8 +172,13 @@ class TrainingManager:
                 perm = torch.randperm(units, generator=self.generator).to(dev, non_blocking=True)
                 minibatches = self._prepare_all([{k: v[idx] for k, v in data.items()} for idx in perm.split(per_mb)])
             for mb in minibatches:
+                # A policy with a hand-written backward runs without autograd (forward_explicit);
+                # not on segments (rows x horizon), whose losses carry V-trace or sample weights.
+                explicit = None if self.segments or self.loop.amp else policy.forward_explicit(mb["obs"])
                 with autocast(dev, self.loop.amp):
-                    if self.recurrent:
+                    if explicit is not None:
+                        logits, new_values, backward = explicit
+                    elif self.recurrent:
                         logits, new_values = policy.forward_sequence(mb["obs"], (mb["h0"], mb["c0"]), mb["first"])
                     elif self.segments:
                         logits, new_values = policy.forward_sequence(mb["obs"], None, None)
@@ -197,7 +203,15 @@ class TrainingManager:
                     sample_weights=mb.get("sample_weights"),
                     **coefs,
                 )
-                grad_norm = optim.step(out.loss)
+                if explicit is not None:  # the loss gradient, by hand (ppo_loss_grads), through that backward
+                    g_logprob, g_values, g_entropy = ppo_loss_grads(
+                        logratio=out.logratio, advantages=mb["advantages"], new_values=new_values,
+                        old_values=mb["old_values"], returns=mb["returns"], weights=weights, **coefs,
+                    )
+                    g_logits = log_prob_grad(logits, mb["actions"], policy.nvec, g_logprob, g_entropy)
+                    grad_norm = optim.step(lambda: backward(g_logits, torch.from_numpy(g_values)))
+                else:
+                    grad_norm = optim.step(out.loss)
                 scalars.append(torch.stack([out.policy_loss.detach(), out.value_loss.detach(), grad_norm]))
                 logratios.append(out.logratio)
                 logits_seen.append(logits.detach())
