@@ -183,7 +183,7 @@ def test_the_explicit_update_step_has_autograd_s_gradients_through_ppo_loss(nvec
     """forward_explicit + ppo_loss_grads + log_prob_grad (what the update runs without autograd)
     give the gradients autograd computes through ppo_loss(log_prob(...)): the loss minimized is
     the tested one. Ratios inside and outside the clip range, clipped values, masked steps."""
-    from metta_rl.core.policy import entropy, log_prob, log_prob_grad
+    from metta_rl.core.policy import entropy, head_log_softmax, log_prob, log_prob_grad
     from metta_rl.core.ppo import mean_weights, ppo_loss, ppo_loss_grads
 
     torch.manual_seed(0)
@@ -218,6 +218,6 @@ def test_the_explicit_update_step_has_autograd_s_gradients_through_ppo_loss(nvec
     g_logprob, g_values, g_entropy = ppo_loss_grads(
         logratio=out.logratio, advantages=mb["advantages"], new_values=values, old_values=old_values,
         returns=mb["returns"], weights=mb["weights"], **coefs)
-    backward(log_prob_grad(logits, actions, nvec, g_logprob, g_entropy), torch.from_numpy(g_values))
+    backward(log_prob_grad(head_log_softmax(logits, nvec), actions, g_logprob, g_entropy), torch.from_numpy(g_values))
     assert torch.equal(out.loss, reference.loss.detach())
     torch.testing.assert_close(optim.flat.grad, expected, rtol=1e-5, atol=1e-8)

@@ -162,7 +162,7 @@ def logged_run(tmp_path_factory):
         evaluation={"evaluate_interval": 2},
         wandb={"enabled": True, "mode": "online", "tags": ["test"], "group": "hooks"},
         tensorboard={"enabled": True},
-        logging={"console": "auto", "log_interval_s": 0.0, "profile_epochs": [1, 3]},
+        logging={"console": "auto", "log_interval_s": 0.0, "monitor_interval_s": 0.0, "profile_epochs": [1, 3]},
     )
     custom, bad, watcher = CustomMetric(), RaisesOnEpochEnd(), HeartbeatWatcher(run / "heartbeat")
     capture = _Capture()
@@ -767,3 +767,39 @@ def test_learning_curve_is_written_at_cleanup_after_step_wise_training(tmp_path)
         trainer.train_epoch()
         assert not png.exists()
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_heartbeat_and_system_samples_are_at_most_one_per_interval(tmp_path, monkeypatch):
+    """With monitor_interval_s the epoch ends between two refreshes leave the heartbeat file
+    alone and repeat the last system sample; train end always writes the final beat."""
+    from metta_rl.core.progress import TrainingProgress
+
+    clock = [100.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    path = tmp_path / "heartbeat"
+    beat = HeartbeatHook(path, interval_s=1.0)
+    progress = TrainingProgress(total_timesteps=10)
+    beat.on_train_start(progress=progress)
+    assert json.loads(path.read_text())["status"] == "running"
+    path.write_text("marker")  # a rewrite would replace it
+    clock[0] += 0.5
+    beat.on_epoch_end(progress=progress)
+    assert path.read_text() == "marker"
+    clock[0] += 0.6
+    beat.on_epoch_end(progress=progress)
+    assert json.loads(path.read_text())["status"] == "running"
+    path.write_text("marker")
+    clock[0] += 0.1
+    beat.on_train_end(progress=progress)
+    assert json.loads(path.read_text())["status"] == "finished"
+
+    monitor = SystemMonitorHook(interval_s=1.0)
+    calls = []
+    real = monitor.sample
+    monkeypatch.setattr(monitor, "sample", lambda: calls.append(1) or real())
+    a = monitor.custom_metrics(report=None)
+    clock[0] += 0.5
+    assert monitor.custom_metrics(report=None) is a and len(calls) == 1
+    clock[0] += 0.6
+    monitor.custom_metrics(report=None)
+    assert len(calls) == 2

@@ -27,7 +27,9 @@ import torch
 from torch import nn
 
 from metta_rl.config import ConfigError, PolicyConfig
-from metta_rl.core.twin_mlp import NUMPY_INFERENCE_ROWS, NumpyInference, TwinMLP, twin_actor_critic, twin_forward_explicit
+from metta_rl.core.twin_mlp import (
+    NUMPY_INFERENCE_ROWS, NumpyInference, TwinMLP, twin_actor_critic, twin_forward_explicit, twin_params,
+)
 
 LSTMState = tuple[torch.Tensor, torch.Tensor]
 
@@ -225,7 +227,10 @@ class ActorCritic(Policy):
             or not x.is_contiguous()
         ):
             return None
-        return twin_forward_explicit(self.twin, self.actor, self.critic, x)
+        params = self.__dict__.get("_twin_params")
+        if params is None:  # built once: a ParameterList walk costs 15 us, a twentieth of a step
+            params = self.__dict__["_twin_params"] = twin_params(self.twin, self.actor, self.critic)
+        return twin_forward_explicit(params, self.twin.first_size, x)
 
 
 # ---------------------------------------------------------------------- action heads
@@ -260,42 +265,55 @@ def sample_actions(
     return torch.cat(acts, dim=-1), torch.stack(logps, dim=-1).sum(-1)
 
 
+def head_log_softmax(logits: torch.Tensor, nvec: list[int]) -> list[torch.Tensor]:
+    """Each action head's log-probabilities (log-softmax of its slice of ``logits``): computed
+    once, :func:`log_prob_from`, :func:`entropy_from` and :func:`log_prob_grad` read them."""
+    if len(nvec) == 1:
+        return [torch.log_softmax(logits, dim=-1)]
+    return [torch.log_softmax(h, dim=-1) for h in torch.split(logits, nvec, dim=-1)]
+
+
+def log_prob_from(logps: list[torch.Tensor], actions: torch.Tensor) -> torch.Tensor:
+    """Log-probability of ``actions`` ``[..., heads]`` under :func:`head_log_softmax`'s heads, summed."""
+    if len(logps) == 1:
+        return logps[0].gather(-1, actions).squeeze(-1)
+    return torch.stack([lp.gather(-1, actions[..., i : i + 1]).squeeze(-1) for i, lp in enumerate(logps)], -1).sum(-1)
+
+
+def entropy_from(logps: list[torch.Tensor]) -> torch.Tensor:
+    """Entropy of :func:`head_log_softmax`'s heads, summed over heads."""
+    if len(logps) == 1:
+        return -(logps[0].exp() * logps[0]).sum(-1)
+    return torch.stack([-(lp.exp() * lp).sum(-1) for lp in logps], -1).sum(-1)
+
+
 def log_prob(logits: torch.Tensor, actions: torch.Tensor, nvec: list[int]) -> torch.Tensor:
     """Log-probability of ``actions`` ``[..., heads]``, summed over heads."""
-    if len(nvec) == 1:
-        return torch.log_softmax(logits, dim=-1).gather(-1, actions).squeeze(-1)
-    heads = torch.split(logits, nvec, dim=-1)
-    return torch.stack([log_prob(h, actions[..., i : i + 1], [h.shape[-1]]) for i, h in enumerate(heads)], -1).sum(-1)
+    return log_prob_from(head_log_softmax(logits, nvec), actions)
 
 
 def entropy(logits: torch.Tensor, nvec: list[int]) -> torch.Tensor:
     """Entropy of the action distribution, summed over heads."""
-    if len(nvec) == 1:
-        logp = torch.log_softmax(logits, dim=-1)
-        return -(logp.exp() * logp).sum(-1)
-    return torch.stack([entropy(h, [h.shape[-1]]) for h in torch.split(logits, nvec, dim=-1)], -1).sum(-1)
+    return entropy_from(head_log_softmax(logits, nvec))
 
 
 def log_prob_grad(
-    logits: torch.Tensor, actions: torch.Tensor, nvec: list[int], g_logprob: np.ndarray, g_entropy: np.ndarray | None
+    logps: list[torch.Tensor], actions: torch.Tensor, g_logprob: np.ndarray, g_entropy: np.ndarray | None
 ) -> torch.Tensor:
-    """The gradient with respect to the logits of ``sum(g_logprob * log_prob(logits, actions))
-    + sum(g_entropy * entropy(logits))``, analytically, in numpy (CPU): per head
+    """The gradient with respect to the logits of ``sum(g_logprob * log_prob) + sum(g_entropy *
+    entropy)``, analytically, in numpy (CPU), from the heads' log-probabilities ``logps``
+    (:func:`head_log_softmax`, already computed for the loss): per head
     ``d log p_a / dz = onehot(a) - p`` and ``dH / dz = -p * (log p + H)``."""
-    z, acts = logits.numpy(), actions.numpy()
-    grad = np.empty_like(z)
-    rows = np.arange(z.shape[0])
-    start = 0
-    for i, n in enumerate(nvec):
-        head = z[:, start : start + n]
-        logp = head - head.max(1, keepdims=True)
-        logp -= np.log(np.exp(logp).sum(1, keepdims=True))
+    acts = actions.numpy()
+    rows = np.arange(acts.shape[0])
+    grads = []
+    for i, head in enumerate(logps):
+        logp = head.numpy()
         p = np.exp(logp)
-        g = grad[:, start : start + n]
-        np.multiply(p, -g_logprob[:, None], out=g)
+        g = np.multiply(p, -g_logprob[:, None])
         g[rows, acts[:, i]] += g_logprob
         if g_entropy is not None:
             h = -(p * logp).sum(1, keepdims=True)
             g -= g_entropy[:, None] * p * (logp + h)
-        start += n
-    return torch.from_numpy(grad)
+        grads.append(g)
+    return torch.from_numpy(grads[0] if len(grads) == 1 else np.concatenate(grads, axis=1))

@@ -149,20 +149,21 @@ def twin_params(twin: TwinMLP, actor: nn.Linear, critic: nn.Linear) -> list[torc
     return [twin.w_in, twin.b_in, actor.weight, actor.bias, critic.weight, critic.bias, *twin.weights, *twin.biases]
 
 
-def twin_forward_explicit(twin: TwinMLP, actor: nn.Linear, critic: nn.Linear, x: torch.Tensor):
-    """``(logits, values, backward)`` without autograd: ``backward(g_logits, g_values)`` writes
-    every parameter's gradient into its ``.grad`` (overwriting it: nothing to zero, no
-    AccumulateGrad), for an update that computes the loss gradient itself
-    (:meth:`metta_rl.core.policy.ActorCritic.forward_explicit`). None if a ``.grad`` is missing."""
-    params = twin_params(twin, actor, critic)
-    if any(p.grad is None for p in params):
+def twin_forward_explicit(params: list[torch.Tensor], first_size: int, x: torch.Tensor):
+    """``(logits, values, backward)`` without autograd for the parameters :func:`twin_params`
+    lists: ``backward(g_logits, g_values)`` writes every parameter's gradient into its ``.grad``
+    (overwriting it: nothing to zero, no AccumulateGrad), for an update that computes the loss
+    gradient itself (:meth:`metta_rl.core.policy.ActorCritic.forward_explicit`). None if a
+    ``.grad`` is missing."""
+    grads = [p.grad for p in params]
+    if any(g is None for g in grads):
         return None
     with torch.no_grad():
-        logits, values, saved = _twin_forward(x, twin.first_size, *params)
+        logits, values, saved = _twin_forward(x, first_size, *params)
 
     def backward(g_logits: torch.Tensor, g_values: torch.Tensor) -> None:
         with torch.no_grad():
-            _twin_backward(saved, twin.first_size, g_logits, g_values, out=[p.grad for p in params])
+            _twin_backward(saved, first_size, g_logits, g_values, out=grads)
 
     return logits, values, backward
 

@@ -24,13 +24,13 @@ def default_hooks(config: TrainerConfig, run_dir: RunDirectory, *, console: bool
     logging_cfg = config.logging
     hooks: list[Hook] = []
     if logging_cfg.system_monitor:
-        hooks.append(SystemMonitorHook())
+        hooks.append(SystemMonitorHook(interval_s=logging_cfg.monitor_interval_s))
     if logging_cfg.profile_epochs is not None:
         hooks.append(ProfilerHook(out_dir=run_dir.path / "profile", epochs=logging_cfg.profile_epochs))
     if console and logging_cfg.console != "off":
         hooks.append(ConsoleHook(mode=logging_cfg.console, interval_s=logging_cfg.log_interval_s))
     if logging_cfg.heartbeat:
-        hooks.append(HeartbeatHook(run_dir.path / "heartbeat"))
+        hooks.append(HeartbeatHook(run_dir.path / "heartbeat", interval_s=logging_cfg.monitor_interval_s))
     if config.tensorboard.enabled:
         from metta_rl.hooks.tensorboard_hook import TensorBoardHook, tensorboard_available
 

@@ -1,10 +1,12 @@
 """Run monitoring as hooks: system stats, a heartbeat file, and a torch-profiler trace.
 
-* :class:`SystemMonitorHook` adds ``system/*`` metrics to every epoch (through
+* :class:`SystemMonitorHook` adds ``system/*`` metrics to every epoch, sampled at most every
+  ``logging.monitor_interval_s`` (through
   ``custom_metrics``, so every sink sees them): CPU and resident memory of the trainer and its
   env worker processes, host CPU and RAM, and CUDA memory when CUDA is in use.
-* :class:`HeartbeatHook` rewrites ``<run>/heartbeat`` every epoch, so an external watchdog can
-  tell a hung run (stale mtime) from a slow one without parsing logs.
+* :class:`HeartbeatHook` rewrites ``<run>/heartbeat`` at epoch ends (at most every
+  ``logging.monitor_interval_s``), so an external watchdog can tell a hung run (stale mtime)
+  from a slow one without parsing logs.
 * :class:`ProfilerHook` records epochs ``[first, end)`` with ``torch.profiler`` and writes a
   Chrome trace (open it in Perfetto or ``chrome://tracing``) and a top-ops table under
   ``<run>/profile/``.
@@ -34,14 +36,19 @@ MB = 1024**2
 
 
 class SystemMonitorHook(Hook):
-    """``system/*`` metrics, sampled once per epoch (well under a millisecond).
+    """``system/*`` metrics, sampled at the end of an epoch at most every ``interval_s``
+    seconds (0: every epoch); the epochs in between report the last sample. A sample costs
+    ~0.1 ms, 0.5% of a CartPole epoch.
 
-    CPU percentages are averages over the epoch since the last sample; ``cpu_percent`` is
+    CPU percentages are averages over the time since the previous sample; ``cpu_percent`` is
     psutil's per-process convention (100 = one core busy) summed over the trainer and its env
     worker processes, ``host_cpu_percent`` is the whole machine (0-100).
     """
 
-    def __init__(self, *, rescan_children_s: float = 5.0) -> None:
+    def __init__(self, *, rescan_children_s: float = 5.0, interval_s: float = 0.0) -> None:
+        self.interval_s = interval_s
+        self._last: dict[str, float] = {}
+        self._sampled_at = -math.inf
         self.process = psutil.Process()
         # Finding child processes scans every pid on the machine: do it every few seconds,
         # not every epoch (env workers live as long as the run).
@@ -96,7 +103,10 @@ class SystemMonitorHook(Hook):
         return metrics
 
     def custom_metrics(self, *, report: EpochReport) -> dict[str, float]:
-        return self.sample()
+        now = time.monotonic()
+        if now - self._sampled_at >= self.interval_s or not self._last:
+            self._last, self._sampled_at = self.sample(), now
+        return self._last
 
 
 def gpu_memory() -> dict[str, float]:
@@ -114,14 +124,18 @@ def gpu_memory() -> dict[str, float]:
 
 
 class HeartbeatHook(Hook):
-    """Rewrites ``<run>/heartbeat`` (one JSON line) at start, every epoch and at the end.
+    """Rewrites ``<run>/heartbeat`` (one JSON line) at start, at the end of an epoch at most
+    every ``interval_s`` seconds (0: every epoch; a rewrite costs ~0.3 ms, 1.5% of a CartPole
+    epoch), at the end and on failure.
 
     Watchdogs should look at the file's mtime; the content says where the run was
     (``status`` is ``running``, ``finished`` or ``failed``).
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, interval_s: float = 0.0) -> None:
         self.path = Path(path)
+        self.interval_s = interval_s
+        self._beat_at = -math.inf
 
     def beat(self, progress: TrainingProgress, status: str = "running") -> None:
         record = {
@@ -134,12 +148,14 @@ class HeartbeatHook(Hook):
         # Replaced, never rewritten in place: a reader never sees half a line. Not durable (no
         # fsync): a lost heartbeat after a machine crash is harmless, and this runs every epoch.
         atomic_write(self.path, json.dumps(record) + "\n", durable=False)
+        self._beat_at = time.monotonic()
 
     def on_train_start(self, *, progress: TrainingProgress) -> None:
         self.beat(progress)
 
     def on_epoch_end(self, *, progress: TrainingProgress) -> None:
-        self.beat(progress)
+        if time.monotonic() - self._beat_at >= self.interval_s:
+            self.beat(progress)
 
     def on_train_end(self, *, progress: TrainingProgress) -> None:
         self.beat(progress, "finished")

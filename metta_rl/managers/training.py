@@ -17,7 +17,7 @@ from metta_rl.config import ConfigError, PPOConfig, TrainingLoopConfig
 from metta_rl.core.device import autocast
 from metta_rl.distributed import SINGLE, Distributed
 from metta_rl.managers.optimizer import OptimizerManager
-from metta_rl.core.policy import Policy, entropy, log_prob, log_prob_grad
+from metta_rl.core.policy import Policy, entropy, entropy_from, head_log_softmax, log_prob, log_prob_from, log_prob_grad
 from metta_rl.core.ppo import (
     approx_kl,
     clip_fraction,
@@ -186,7 +186,14 @@ class TrainingManager:
                         logits, new_values, _ = policy.forward_step(mb["obs"])
                 if self.loop.amp:  # the loss in float32
                     logits, new_values = logits.float(), new_values.float()
-                new_logprob = log_prob(logits, mb["actions"], policy.nvec)
+                if explicit is not None:  # the heads' log-softmax once, for the loss and its gradient
+                    logps = head_log_softmax(logits, policy.nvec)
+                    new_logprob = log_prob_from(logps, mb["actions"])
+                    ent = entropy_from(logps) if ppo.ent_coef else None
+                else:
+                    new_logprob = log_prob(logits, mb["actions"], policy.nvec)
+                    # With ent_coef == 0 the entropy (a softmax over every step) is not computed.
+                    ent = entropy(logits, policy.nvec) if ppo.ent_coef else None
                 if self.vtrace:
                     mb = self._vtrace_minibatch(mb, new_logprob)
                 weights = mb["weights"]
@@ -197,8 +204,7 @@ class TrainingManager:
                     new_values=new_values,
                     old_values=mb["old_values"],
                     returns=mb["returns"],
-                    # With ent_coef == 0 the entropy (a softmax over every step) is not computed.
-                    entropy=entropy(logits, policy.nvec) if ppo.ent_coef else None,
+                    entropy=ent,
                     weights=weights,
                     sample_weights=mb.get("sample_weights"),
                     **coefs,
@@ -208,7 +214,7 @@ class TrainingManager:
                         logratio=out.logratio, advantages=mb["advantages"], new_values=new_values,
                         old_values=mb["old_values"], returns=mb["returns"], weights=weights, **coefs,
                     )
-                    g_logits = log_prob_grad(logits, mb["actions"], policy.nvec, g_logprob, g_entropy)
+                    g_logits = log_prob_grad(logps, mb["actions"], g_logprob, g_entropy)
                     grad_norm = optim.step(lambda: backward(g_logits, torch.from_numpy(g_values)))
                 else:
                     grad_norm = optim.step(out.loss)
