@@ -166,6 +166,7 @@ def bench_sb3(config: TrainerConfig, warmup_epochs: int) -> dict:
         from stable_baselines3 import PPO
         from stable_baselines3.common.callbacks import BaseCallback
         from stable_baselines3.common.env_util import make_vec_env
+        from stable_baselines3.common.logger import Logger
     except ImportError:
         raise SystemExit("--vs-sb3 needs Stable-Baselines3: pip install -e '.[bench]'") from None
 
@@ -188,6 +189,8 @@ def bench_sb3(config: TrainerConfig, warmup_epochs: int) -> dict:
                        env_kwargs=dict(config.env.kwargs))
     try:
         model = PPO("MlpPolicy", env, device=config.trainer.device, seed=config.seed, verbose=0, **settings)
+        # A logger with no outputs: SB3's default one makes a folder in the temp dir per learn().
+        model.set_logger(Logger(folder=None, output_formats=[]))
         marks = Marks()
         model.learn(total_timesteps=config.trainer.total_timesteps, callback=marks)
     finally:
