@@ -171,11 +171,12 @@ class OptimizerManager:
             group["lr"] = self.lr
         return self.lr
 
-    def step(self, loss: torch.Tensor | Callable[[], None]) -> torch.Tensor:
+    def step(self, loss: torch.Tensor, backward: Callable[[], None] | None = None) -> torch.Tensor:
         """Backward, clip, step. Returns the pre-clip gradient norm.
 
-        ``loss`` is a loss tensor (autograd's backward) or a hand-written backward that writes
-        every parameter's gradient (:meth:`metta_rl.core.policy.Policy.forward_explicit`).
+        ``backward``: a hand-written backward that writes every parameter's gradient
+        (:meth:`metta_rl.core.policy.Policy.forward_explicit`), run instead of autograd's
+        ``loss.backward()``; ``loss`` is then only checked for being finite.
 
         A non-finite gradient norm (a NaN/Inf loss gives one too) skips the optimizer step,
         leaving weights and Adam moments untouched, and is counted in ``nonfinite_streak``.
@@ -184,10 +185,17 @@ class OptimizerManager:
         """
         grad = self.flat.grad
         grad.zero_()
-        loss() if callable(loss) else loss.backward()
+        if backward is None:
+            loss.backward()
+        else:
+            backward()
         self.dist.mean_(grad)  # the ranks' average gradient (nothing in a single process)
         norm = torch.linalg.vector_norm(grad)
         value = norm.item()  # the one read per step: it decides both the skip and the clip
+        if backward is not None and not math.isfinite(loss.item()):
+            # A hand-written gradient is computed from the loss's inputs, not through the loss:
+            # a non-finite loss need not make it non-finite, so it is checked itself.
+            value = math.nan
         if not math.isfinite(value):
             self.nonfinite_streak += 1
             self.skipped_steps += 1

@@ -215,7 +215,7 @@ class TrainingManager:
                         old_values=mb["old_values"], returns=mb["returns"], weights=weights, **coefs,
                     )
                     g_logits = log_prob_grad(logps, mb["actions"], g_logprob, g_entropy)
-                    grad_norm = optim.step(lambda: backward(g_logits, torch.from_numpy(g_values)))
+                    grad_norm = optim.step(out.loss, backward=lambda: backward(g_logits, torch.from_numpy(g_values)))
                 else:
                     grad_norm = optim.step(out.loss)
                 scalars.append(torch.stack([out.policy_loss.detach(), out.value_loss.detach(), grad_norm]))
