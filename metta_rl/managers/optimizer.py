@@ -189,13 +189,14 @@ class OptimizerManager:
             loss.backward()
         else:
             backward()
+            if not math.isfinite(loss.item()):
+                # A hand-written gradient comes from the loss's inputs, not through the loss, so
+                # a non-finite loss need not reach it: make it NaN, as autograd's would be, so
+                # this step is skipped (on every rank: the average below is NaN too).
+                grad.fill_(math.nan)
         self.dist.mean_(grad)  # the ranks' average gradient (nothing in a single process)
         norm = torch.linalg.vector_norm(grad)
         value = norm.item()  # the one read per step: it decides both the skip and the clip
-        if backward is not None and not math.isfinite(loss.item()):
-            # A hand-written gradient is computed from the loss's inputs, not through the loss:
-            # a non-finite loss need not make it non-finite, so it is checked itself.
-            value = math.nan
         if not math.isfinite(value):
             self.nonfinite_streak += 1
             self.skipped_steps += 1
