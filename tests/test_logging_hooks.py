@@ -47,7 +47,24 @@ def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def read_wandb_records(path: Path) -> list:
+def read_wandb_records(path: Path, timeout: float = 30.0) -> list:
+    """Every record of a finished ``.wandb`` run file: parsed (:func:`parse_wandb_records`) once it
+    holds the run's ``exit`` record. wandb-core, a separate process shared by every run of the
+    test session, may still be writing the file when ``finish()`` has returned; in the full suite
+    a file read at once sometimes lacked records."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            records = parse_wandb_records(path)
+        except AssertionError:  # a chunk still being written
+            records = []
+        if any(r.WhichOneof("record_type") == "exit" for r in records):
+            return records
+        time.sleep(0.05)
+    return parse_wandb_records(path)
+
+
+def parse_wandb_records(path: Path) -> list:
     """Every record of a ``.wandb`` run file, parsed with wandb's own protobuf schema.
 
     The file is a LevelDB-style log (what wandb-core writes and ``wandb sync`` reads): a 7-byte

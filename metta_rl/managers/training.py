@@ -158,7 +158,9 @@ class TrainingManager:
         epochs_run = 0
         skipped_before = optim.skipped_steps
         # One minibatch: order is irrelevant, so skip the shuffle and prepare it once.
-        single = self._prepare_all([data]) if per_mb >= units and not self.prioritized else None
+        # With V-trace a minibatch is prepared after its forward pass (_vtrace_minibatch).
+        prepare = (lambda mbs: mbs) if self.vtrace else self._prepare_all
+        single = prepare([data]) if per_mb >= units and not self.prioritized else None
         if self.prioritized:
             probs = segment_probabilities(advantages, data["valid"], self.loop.prio_alpha)
             beta = self.loop.prio_beta0 + (1.0 - self.loop.prio_beta0) * progress.fraction
@@ -170,7 +172,7 @@ class TrainingManager:
                 minibatches = self._prioritized_minibatches(data, probs, per_mb, beta)
             else:
                 perm = torch.randperm(units, generator=self.generator).to(dev, non_blocking=True)
-                minibatches = self._prepare_all([{k: v[idx] for k, v in data.items()} for idx in perm.split(per_mb)])
+                minibatches = prepare([{k: v[idx] for k, v in data.items()} for idx in perm.split(per_mb)])
             for mb in minibatches:
                 # A policy with a hand-written backward runs without autograd (forward_explicit);
                 # not on segments (rows x horizon), whose losses carry V-trace or sample weights.
