@@ -169,7 +169,7 @@ class TrainingManager:
             if single is not None:
                 minibatches = single
             elif self.prioritized:
-                minibatches = self._prioritized_minibatches(data, probs, per_mb, beta)
+                minibatches = prepare(self._prioritized_minibatches(data, probs, per_mb, beta))
             else:
                 perm = torch.randperm(units, generator=self.generator).to(dev, non_blocking=True)
                 minibatches = prepare([{k: v[idx] for k, v in data.items()} for idx in perm.split(per_mb)])
@@ -289,7 +289,7 @@ class TrainingManager:
             mb = {k: v[idx] for k, v in data.items()}
             mb["sample_weights"] = w.unsqueeze(1).expand_as(mb["valid"])
             minibatches.append(mb)
-        return minibatches if self.vtrace else self._prepare_all(minibatches)
+        return minibatches
 
     def _vtrace_minibatch(self, mb: dict[str, torch.Tensor], new_logprob: torch.Tensor) -> dict[str, torch.Tensor]:
         """The minibatch's advantages and value targets recomputed by V-trace from the fresh
